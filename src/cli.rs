@@ -1,0 +1,203 @@
+//! The command line. `main.rs` only calls [`main`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, LogFormat};
+
+#[derive(Parser, Debug)]
+#[command(name = "pgcutover", version, about = "Move a live PostgreSQL database to another \
+    PostgreSQL with a write freeze of seconds")]
+pub struct Cli {
+    /// Log format: text or json (overrides log.format).
+    #[arg(long, global = true)]
+    pub log_format: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon: full load (and, in later versions, CDC and cutover) plus the HTTP API.
+    Serve {
+        #[arg(long, short, default_value = "config/pgcutover.toml")]
+        config: PathBuf,
+    },
+    /// Print the daemon's status.
+    Status {
+        #[arg(long, default_value = "http://127.0.0.1:8089")]
+        url: String,
+    },
+    /// Drop the slot, the publication and every helper object pgcutover created.
+    Cleanup {
+        #[arg(long, short, default_value = "config/pgcutover.toml")]
+        config: PathBuf,
+    },
+    /// Start a throwaway source and target with sample data and migrate it.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8089")]
+        listen: String,
+        /// Exit when the full load is done instead of waiting for Ctrl-C.
+        #[arg(long)]
+        exit_after_load: bool,
+    },
+}
+
+fn init_tracing(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGCUTOVER_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second initialisation (tests) is harmless.
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn log_format(cli: &Option<String>, cfg: Option<&Config>) -> Result<LogFormat, String> {
+    match cli.as_deref() {
+        Some("json") => Ok(LogFormat::Json),
+        Some("text") => Ok(LogFormat::Text),
+        Some(other) => Err(format!("--log-format must be text or json, not {other:?}")),
+        None => Ok(cfg.map_or(LogFormat::Text, |c| c.log.format)),
+    }
+}
+
+fn fail(error: impl std::fmt::Display, hint: &str) -> ExitCode {
+    eprintln!("error: {error}");
+    if !hint.is_empty() {
+        eprintln!("hint: {hint}");
+    }
+    ExitCode::from(2)
+}
+
+fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(e, "the process could not start its runtime"),
+    };
+    runtime.block_on(run(cli))
+}
+
+pub async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve { config } => {
+            let cfg = match load_config(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match log_format(&cli.log_format, Some(&cfg)) {
+                Ok(f) => init_tracing(f, &cfg.log.level),
+                Err(e) => return fail(e, ""),
+            }
+            let daemon = match crate::daemon::Daemon::bind(cfg).await {
+                Ok(d) => d,
+                Err(e) => return fail(&e, &e.hint()),
+            };
+            match daemon.run(crate::daemon::shutdown_signal()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e, &e.hint()),
+            }
+        }
+        Command::Status { url } => match http_get(&url, "/status").await {
+            Ok(body) => {
+                println!("{body}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e, "is the daemon running (pgcutover serve) and is --url right?"),
+        },
+        Command::Cleanup { config } => {
+            let cfg = match load_config(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_tracing(LogFormat::Text, &cfg.log.level);
+            let report = crate::cleanup::run(&cfg).await;
+            for d in &report.done {
+                println!("{d}");
+            }
+            if report.done.is_empty() && report.failed.is_empty() {
+                println!("nothing to clean up for migration {}", cfg.replication.migration_id);
+            }
+            for f in &report.failed {
+                eprintln!("error: {f}");
+            }
+            if report.failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            }
+        }
+        Command::Demo {
+            listen,
+            exit_after_load,
+        } => {
+            match log_format(&cli.log_format, None) {
+                Ok(f) => init_tracing(f, "info"),
+                Err(e) => return fail(e, ""),
+            }
+            match crate::demo::run(crate::demo::DemoOptions {
+                listen,
+                exit_after_load,
+            })
+            .await
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e, &e.hint()),
+            }
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET to the daemon (loopback or a trusted admin network; no TLS).
+async fn http_get(base: &str, path: &str) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = base
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("--url must start with http://, not {base:?}"))?;
+    let authority = rest.trim_end_matches('/');
+    let mut stream = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::net::TcpStream::connect(authority),
+    )
+    .await
+    .map_err(|_| format!("connecting to {authority} timed out"))?
+    .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        stream.take(16 << 20).read_to_end(&mut buf),
+    )
+    .await
+    .map_err(|_| "the daemon did not answer within 30 s".to_string())?
+    .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or("the daemon's answer is not HTTP")?;
+    let status_line = head.lines().next().unwrap_or_default();
+    if !status_line.contains(" 200 ") {
+        return Err(format!("{status_line}: {body}"));
+    }
+    Ok(body.to_string())
+}

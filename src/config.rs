@@ -1,0 +1,745 @@
+//! Configuration: a TOML file, overridden by `PGCUTOVER_<SECTION>_<KEY>` environment variables.
+//!
+//! Loading never stops at the first problem: the reader walks every known key, records each
+//! problem (wrong type, bad value, unknown key, unreadable file) and reports them all at once,
+//! so an operator fixes a config in one round. [`KEYS`] is the one list of known keys; a test
+//! checks that `config/pgcutover.example.toml` documents each of them.
+//!
+//! Secrets: passwords come from `PGCUTOVER_SOURCE_PASSWORD` / `PGCUTOVER_TARGET_PASSWORD`,
+//! from `password_file`, or from the url (in that order of precedence); the API token from
+//! `PGCUTOVER_API_TOKEN` or `token_file`. They are held as [`Secret`]s.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::pg::conn::ConnInfo;
+use crate::pg::name::TablePattern;
+use crate::secret::Secret;
+
+/// Every key the configuration knows, as `(section, key)`.
+pub const KEYS: &[(&str, &str)] = &[
+    ("source", "url"),
+    ("source", "password_file"),
+    ("target", "url"),
+    ("target", "password_file"),
+    ("replication", "engine"),
+    ("replication", "migration_id"),
+    ("replication", "tables"),
+    ("replication", "exclude"),
+    ("replication", "copy_schema"),
+    ("replication", "parallel_workers"),
+    ("replication", "split_tables_larger_than"),
+    ("replication", "pg_bin_dir"),
+    ("cutover", "max_lag"),
+    ("cutover", "max_freeze"),
+    ("cutover", "app_roles"),
+    ("cutover", "switch_hook"),
+    ("api", "listen"),
+    ("api", "token_file"),
+    ("state", "dir"),
+    ("log", "format"),
+    ("log", "level"),
+];
+
+/// Environment variables that carry secrets rather than keys of the file.
+const SECRET_ENV: &[&str] = &[
+    "PGCUTOVER_SOURCE_PASSWORD",
+    "PGCUTOVER_TARGET_PASSWORD",
+    "PGCUTOVER_API_TOKEN",
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    Native,
+    Dms,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub source: ConnInfo,
+    pub target: ConnInfo,
+    pub replication: Replication,
+    pub cutover: Cutover,
+    pub api: Api,
+    pub state_dir: PathBuf,
+    pub log: Log,
+}
+
+#[derive(Clone, Debug)]
+pub struct Replication {
+    pub engine: Engine,
+    pub migration_id: MigrationId,
+    pub tables: Vec<TablePattern>,
+    pub exclude: Vec<TablePattern>,
+    pub copy_schema: bool,
+    pub parallel_workers: usize,
+    /// Tables with more bytes than this are copied in block ranges by several workers;
+    /// 0 never splits.
+    pub split_tables_larger_than: u64,
+    pub pg_bin_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Cutover {
+    pub max_lag: Duration,
+    pub max_freeze: Duration,
+    pub app_roles: Vec<String>,
+    pub switch_hook: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Api {
+    pub listen: SocketAddr,
+    pub token: Option<Secret>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Log {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// The migration's name: it names the slot, the publication and the helper rows, so two
+/// migrations from one source never collide. Lower-case letters, digits and `_`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct MigrationId(String);
+
+impl MigrationId {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 40
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if ok {
+            Ok(MigrationId(s.to_string()))
+        } else {
+            Err(format!(
+                "{s:?} must be 1-40 characters of a-z, 0-9 and _ (it names the replication slot)"
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The logical replication slot on the source.
+    pub fn slot_name(&self) -> String {
+        format!("pgcutover_{}", self.0)
+    }
+
+    /// The slot created on resume to export a fresh snapshot; temporary, dropped with its
+    /// session.
+    pub fn resume_slot_name(&self) -> String {
+        format!("pgcutover_{}_resume", self.0)
+    }
+
+    pub fn publication_name(&self) -> String {
+        format!("pgcutover_{}", self.0)
+    }
+}
+
+impl fmt::Display for MigrationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "the configuration has {} problem(s):", self.problems.len())?;
+        for p in &self.problems {
+            writeln!(f, "  - {p}")?;
+        }
+        write!(
+            f,
+            "hint: config/pgcutover.example.toml documents every key and its default"
+        )
+    }
+}
+
+impl Config {
+    /// Load from a file, with overrides from the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            problems: vec![format!("cannot read {}: {e}", path.display())],
+        })?;
+        let env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("PGCUTOVER_"))
+            .collect();
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::from_parts(&text, &env, base)
+    }
+
+    /// Build from TOML text and `PGCUTOVER_*` variables; relative file names are resolved
+    /// against `base` (the config file's folder).
+    pub fn from_parts(
+        toml_text: &str,
+        env: &[(String, String)],
+        base: &Path,
+    ) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut table = match toml_text.parse::<toml::Table>() {
+            Ok(t) => t,
+            Err(e) => {
+                return Err(ConfigError {
+                    problems: vec![format!("the file is not valid TOML: {}", e.message())],
+                });
+            }
+        };
+        let secret_env = |name: &str| {
+            env.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| Secret::new(v.clone()))
+        };
+        apply_env(&mut table, env, &mut problems);
+        let mut r = Reader {
+            table: &table,
+            base,
+            problems,
+            seen: BTreeSet::new(),
+        };
+
+        let source = r.endpoint("source", secret_env("PGCUTOVER_SOURCE_PASSWORD"));
+        let target = r.endpoint("target", secret_env("PGCUTOVER_TARGET_PASSWORD"));
+
+        let engine = match r.string("replication", "engine").as_deref() {
+            None | Some("native") => Engine::Native,
+            Some("dms") => {
+                r.problems.push(
+                    "replication.engine = \"dms\" is not available in this build yet; use \"native\""
+                        .into(),
+                );
+                Engine::Dms
+            }
+            Some(other) => {
+                r.problems.push(format!(
+                    "replication.engine must be \"native\" or \"dms\", not {other:?}"
+                ));
+                Engine::Native
+            }
+        };
+        let migration_id = match r.string("replication", "migration_id") {
+            None => MigrationId("default".into()),
+            Some(s) => MigrationId::parse(&s).unwrap_or_else(|e| {
+                r.problems.push(format!("replication.migration_id {e}"));
+                MigrationId("default".into())
+            }),
+        };
+        let tables = r
+            .patterns("replication", "tables")
+            .unwrap_or_else(|| vec![TablePattern::parse("public.*").expect("valid")]);
+        if tables.is_empty() {
+            r.problems
+                .push("replication.tables is empty: name at least one table pattern".into());
+        }
+        let exclude = r.patterns("replication", "exclude").unwrap_or_default();
+        let copy_schema = r.bool("replication", "copy_schema").unwrap_or(true);
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let parallel_workers = match r.int("replication", "parallel_workers") {
+            None => cpus,
+            Some(n) if (1..=64).contains(&n) => n as usize,
+            Some(n) => {
+                r.problems.push(format!(
+                    "replication.parallel_workers must be between 1 and 64, not {n}"
+                ));
+                cpus
+            }
+        };
+        let split_tables_larger_than = r
+            .size("replication", "split_tables_larger_than")
+            .unwrap_or(DEFAULT_SPLIT_BYTES);
+        let pg_bin_dir = r.path("replication", "pg_bin_dir");
+
+        let max_lag = r
+            .duration("cutover", "max_lag")
+            .unwrap_or(Duration::from_secs(5));
+        let max_freeze = r
+            .duration("cutover", "max_freeze")
+            .unwrap_or(Duration::from_secs(10));
+        let app_roles = r.strings("cutover", "app_roles").unwrap_or_default();
+        let switch_hook = r.strings("cutover", "switch_hook").unwrap_or_default();
+
+        let listen = match r.string("api", "listen") {
+            None => SocketAddr::from(([127, 0, 0, 1], 8089)),
+            Some(s) => s.parse().unwrap_or_else(|_| {
+                r.problems.push(format!(
+                    "api.listen must be an address with a port like 127.0.0.1:8089, not {s:?}"
+                ));
+                SocketAddr::from(([127, 0, 0, 1], 8089))
+            }),
+        };
+        let token = secret_env("PGCUTOVER_API_TOKEN").or_else(|| {
+            let path = r.path("api", "token_file")?;
+            r.read_secret_file("api.token_file", &path)
+        });
+        if token.as_ref().is_some_and(|t| t.expose().len() < 16) {
+            r.problems
+                .push("the API token must be at least 16 characters long".into());
+        }
+        if token.is_none() && !listen.ip().is_loopback() {
+            r.problems.push(format!(
+                "api.listen = {listen} is not a loopback address and no API token is set; \
+                 set api.token_file (or PGCUTOVER_API_TOKEN) or listen on 127.0.0.1"
+            ));
+        }
+
+        let state_dir = r.path("state", "dir").unwrap_or_else(|| base.join("state"));
+        let format = match r.string("log", "format").as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                r.problems
+                    .push(format!("log.format must be \"text\" or \"json\", not {other:?}"));
+                LogFormat::Text
+            }
+        };
+        let level = r.string("log", "level").unwrap_or_else(|| "info".into());
+        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+            r.problems
+                .push(format!("log.level {level:?} is not a valid filter (try \"info\")"));
+        }
+
+        r.report_unknown_keys();
+        let Reader { problems, .. } = r;
+        let (Some(source), Some(target)) = (source, target) else {
+            return Err(ConfigError { problems });
+        };
+        if !problems.is_empty() {
+            return Err(ConfigError { problems });
+        }
+        Ok(Config {
+            source,
+            target,
+            replication: Replication {
+                engine,
+                migration_id,
+                tables,
+                exclude,
+                copy_schema,
+                parallel_workers,
+                split_tables_larger_than,
+                pg_bin_dir,
+            },
+            cutover: Cutover {
+                max_lag,
+                max_freeze,
+                app_roles,
+                switch_hook,
+            },
+            api: Api { listen, token },
+            state_dir,
+            log: Log { format, level },
+        })
+    }
+}
+
+/// 1 GiB: below that a table is one unit of work (and can be loaded with `COPY FREEZE`).
+pub const DEFAULT_SPLIT_BYTES: u64 = 1 << 30;
+
+/// Apply `PGCUTOVER_<SECTION>_<KEY>=value` onto the table. Values are read as TOML when they
+/// parse as a TOML value of a non-string kind (`true`, `8`, `["a", "b"]`), else as a string.
+fn apply_env(table: &mut toml::Table, env: &[(String, String)], problems: &mut Vec<String>) {
+    for (name, value) in env {
+        if SECRET_ENV.contains(&name.as_str()) || !name.starts_with("PGCUTOVER_") {
+            continue;
+        }
+        let rest = name["PGCUTOVER_".len()..].to_ascii_lowercase();
+        let Some(&(section, key)) = KEYS
+            .iter()
+            .find(|(s, k)| rest == format!("{s}_{k}"))
+        else {
+            // Other PGCUTOVER_ variables (e.g. test settings) are not ours to judge.
+            continue;
+        };
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .filter(|v| !v.is_str());
+        let value = parsed.unwrap_or_else(|| toml::Value::String(value.clone()));
+        match table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        {
+            toml::Value::Table(t) => {
+                t.insert(key.to_string(), value);
+            }
+            _ => problems.push(format!("[{section}] must be a table")),
+        }
+    }
+}
+
+struct Reader<'a> {
+    table: &'a toml::Table,
+    base: &'a Path,
+    problems: Vec<String>,
+    seen: BTreeSet<(String, String)>,
+}
+
+impl Reader<'_> {
+    fn get(&mut self, section: &str, key: &str) -> Option<&toml::Value> {
+        debug_assert!(KEYS.contains(&(section, key)), "{section}.{key} missing in KEYS");
+        self.seen.insert((section.into(), key.into()));
+        self.table.get(section)?.as_table()?.get(key)
+    }
+
+    fn typed<T>(
+        &mut self,
+        section: &str,
+        key: &str,
+        what: &str,
+        f: impl FnOnce(&toml::Value) -> Option<T>,
+    ) -> Option<T> {
+        let v = self.get(section, key)?.clone();
+        let out = f(&v);
+        if out.is_none() {
+            self.problems
+                .push(format!("{section}.{key} must be {what}, not {v}"));
+        }
+        out
+    }
+
+    fn string(&mut self, section: &str, key: &str) -> Option<String> {
+        self.typed(section, key, "a string", |v| v.as_str().map(str::to_string))
+    }
+
+    fn bool(&mut self, section: &str, key: &str) -> Option<bool> {
+        self.typed(section, key, "true or false", toml::Value::as_bool)
+    }
+
+    fn int(&mut self, section: &str, key: &str) -> Option<i64> {
+        self.typed(section, key, "an integer", toml::Value::as_integer)
+    }
+
+    fn strings(&mut self, section: &str, key: &str) -> Option<Vec<String>> {
+        self.typed(section, key, "a list of strings", |v| match v {
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|i| i.as_str().map(str::to_string))
+                .collect(),
+            // From the environment: "a,b,c".
+            toml::Value::String(s) => Some(
+                s.split(',')
+                    .map(|p| p.trim().to_string())
+                    .filter(|p| !p.is_empty())
+                    .collect(),
+            ),
+            _ => None,
+        })
+    }
+
+    fn patterns(&mut self, section: &str, key: &str) -> Option<Vec<TablePattern>> {
+        let list = self.strings(section, key)?;
+        let mut out = Vec::new();
+        for p in list {
+            match TablePattern::parse(&p) {
+                Ok(p) => out.push(p),
+                Err(e) => self.problems.push(format!("{section}.{key}: {e}")),
+            }
+        }
+        Some(out)
+    }
+
+    fn path(&mut self, section: &str, key: &str) -> Option<PathBuf> {
+        let s = self.string(section, key)?;
+        Some(self.base.join(s))
+    }
+
+    fn duration(&mut self, section: &str, key: &str) -> Option<Duration> {
+        let s = self.string(section, key)?;
+        match parse_duration(&s) {
+            Ok(d) if !d.is_zero() => Some(d),
+            Ok(_) => {
+                self.problems.push(format!("{section}.{key} must be more than 0"));
+                None
+            }
+            Err(e) => {
+                self.problems.push(format!("{section}.{key}: {e}"));
+                None
+            }
+        }
+    }
+
+    fn size(&mut self, section: &str, key: &str) -> Option<u64> {
+        let s = self.string(section, key)?;
+        parse_size(&s)
+            .map_err(|e| self.problems.push(format!("{section}.{key}: {e}")))
+            .ok()
+    }
+
+    fn read_secret_file(&mut self, what: &str, path: &Path) -> Option<Secret> {
+        match std::fs::read_to_string(path) {
+            Ok(s) => Some(Secret::new(s.trim_end_matches(['\n', '\r']).to_string())),
+            Err(e) => {
+                self.problems
+                    .push(format!("{what}: cannot read {}: {e}", path.display()));
+                None
+            }
+        }
+    }
+
+    fn endpoint(&mut self, section: &str, env_password: Option<Secret>) -> Option<ConnInfo> {
+        let url = self.string(section, "url");
+        let file = self.path(section, "password_file");
+        let Some(url) = url else {
+            self.problems.push(format!(
+                "{section}.url is missing (or set PGCUTOVER_{}_URL)",
+                section.to_uppercase()
+            ));
+            return None;
+        };
+        let mut info = match ConnInfo::parse(&url) {
+            Ok(i) => i,
+            Err(e) => {
+                self.problems.push(format!("{section}.url {e}"));
+                return None;
+            }
+        };
+        let from_file = file.and_then(|f| self.read_secret_file(&format!("{section}.password_file"), &f));
+        if let Some(p) = env_password.or(from_file) {
+            info.password = Some(p);
+        }
+        Some(info)
+    }
+
+    fn report_unknown_keys(&mut self) {
+        for (section, value) in self.table {
+            let known_section = KEYS.iter().any(|(s, _)| s == section);
+            match value.as_table() {
+                Some(t) if known_section => {
+                    for key in t.keys() {
+                        if !KEYS.contains(&(section.as_str(), key.as_str())) {
+                            self.problems
+                                .push(format!("unknown key {section}.{key}"));
+                        }
+                    }
+                }
+                _ => self.problems.push(format!("unknown section or key {section}")),
+            }
+        }
+    }
+}
+
+/// `"500ms"`, `"5s"`, `"2m"`, `"1h"`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like \"500ms\", \"5s\" or \"2m\""))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?} has an unknown unit (use ms, s, m or h)")),
+    };
+    if !secs.is_finite() || secs > 1e9 {
+        return Err(format!("{s:?} is too long"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// `"512MB"`, `"1GB"`, `"64kB"`, `"0"`; units are powers of 1024 like PostgreSQL's.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like \"512MB\" or \"1GB\""))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1 << 10,
+        "mb" => 1 << 20,
+        "gb" => 1 << 30,
+        "tb" => 1 << 40,
+        _ => return Err(format!("{s:?} has an unknown unit (use kB, MB, GB or TB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [source]
+        url = "postgres://app@db-old:5432/app"
+        [target]
+        url = "postgres://admin@db-new:5432/app"
+    "#;
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_parts(text, &env, Path::new("/etc/pgcutover"))
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = load(MINIMAL, &[]).unwrap();
+        assert_eq!(c.replication.engine, Engine::Native);
+        assert_eq!(c.replication.migration_id.slot_name(), "pgcutover_default");
+        assert!(c.replication.copy_schema);
+        assert_eq!(c.replication.tables.len(), 1);
+        assert_eq!(c.cutover.max_lag, Duration::from_secs(5));
+        assert_eq!(c.api.listen.to_string(), "127.0.0.1:8089");
+        assert_eq!(c.state_dir, PathBuf::from("/etc/pgcutover/state"));
+        assert!(c.source.password.is_none());
+    }
+
+    #[test]
+    fn env_overrides_the_file_and_carries_secrets() {
+        let c = load(
+            MINIMAL,
+            &[
+                ("PGCUTOVER_SOURCE_URL", "postgres://other@elsewhere/x"),
+                ("PGCUTOVER_SOURCE_PASSWORD", "pw-from-env"),
+                ("PGCUTOVER_REPLICATION_PARALLEL_WORKERS", "3"),
+                ("PGCUTOVER_REPLICATION_COPY_SCHEMA", "false"),
+                ("PGCUTOVER_REPLICATION_TABLES", "public.a, sales.*"),
+                ("PGCUTOVER_STATE_DIR", "/var/lib/pgcutover"),
+                ("PGCUTOVER_SOMETHING_ELSE", "ignored"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.source.host, "elsewhere");
+        assert_eq!(c.source.password.unwrap().expose(), "pw-from-env");
+        assert_eq!(c.replication.parallel_workers, 3);
+        assert!(!c.replication.copy_schema);
+        let pats: Vec<_> = c.replication.tables.iter().map(|p| p.as_str()).collect();
+        assert_eq!(pats, ["public.a", "sales.*"]);
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/pgcutover"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = load(
+            r#"
+            [source]
+            url = 5
+            [target]
+            [replication]
+            engine = "carrier-pigeon"
+            migration_id = "Bad Id!"
+            parallel_workers = 0
+            tables = ["public."]
+            copy_schema = "yes"
+            split_tables_larger_than = "lots"
+            colour = "blue"
+            [cutover]
+            max_lag = "5 parsecs"
+            [api]
+            listen = "0.0.0.0:8089"
+            [log]
+            format = "xml"
+            [bogus]
+            "#,
+            &[],
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "source.url must be a string",
+            "target.url is missing",
+            "engine must be",
+            "migration_id",
+            "parallel_workers must be between",
+            "has an empty part",
+            "copy_schema must be true or false",
+            "split_tables_larger_than",
+            "unknown key replication.colour",
+            "max_lag",
+            "not a loopback address",
+            "log.format",
+            "unknown section or key bogus",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+        assert!(err.problems.len() >= 13, "{text}");
+    }
+
+    #[test]
+    fn password_file_is_read_and_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw"), "file-secret\n").unwrap();
+        let text = format!("{MINIMAL}\n");
+        let text = text.replace(
+            "url = \"postgres://app@db-old:5432/app\"",
+            "url = \"postgres://app@db-old:5432/app\"\npassword_file = \"pw\"",
+        );
+        let c = Config::from_parts(&text, &[], dir.path()).unwrap();
+        assert_eq!(c.source.password.as_ref().unwrap().expose(), "file-secret");
+        assert!(!format!("{c:?}").contains("file-secret"));
+
+        let missing = text.replace("\"pw\"", "\"nope\"");
+        let err = Config::from_parts(&missing, &[], dir.path()).unwrap_err();
+        assert!(err.to_string().contains("password_file: cannot read"));
+    }
+
+    #[test]
+    fn public_listen_needs_a_long_token() {
+        let text = format!("{MINIMAL}\n[api]\nlisten = \"0.0.0.0:8089\"\n");
+        assert!(load(&text, &[("PGCUTOVER_API_TOKEN", "short")]).is_err());
+        let c = load(&text, &[("PGCUTOVER_API_TOKEN", "0123456789abcdef0123")]).unwrap();
+        assert!(!format!("{c:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("").is_err());
+        assert_eq!(parse_size("512MB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("0").unwrap(), 0);
+        assert!(parse_size("99999999999TB").is_err());
+        assert!(parse_size("1.5GB").is_err());
+    }
+
+    #[test]
+    fn example_file_documents_every_key_and_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pgcutover.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let table: toml::Table = text.parse().unwrap();
+        for (section, key) in KEYS {
+            let documented = table
+                .get(*section)
+                .and_then(|s| s.as_table())
+                .is_some_and(|s| s.contains_key(*key))
+                || text.contains(&format!("# {key} ="));
+            assert!(documented, "{section}.{key} is not in the example config");
+        }
+        // The example is loadable once its secret files exist.
+        let mut env = vec![("PGCUTOVER_API_TOKEN".to_string(), "x".repeat(32))];
+        env.push(("PGCUTOVER_SOURCE_PASSWORD".into(), "p".into()));
+        env.push(("PGCUTOVER_TARGET_PASSWORD".into(), "p".into()));
+        let stripped: String = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("password_file") && !l.trim_start().starts_with("token_file"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        Config::from_parts(&stripped, &env, Path::new(".")).unwrap();
+    }
+}

@@ -1,0 +1,125 @@
+//! `pgcutover serve`: the HTTP API plus the migration pipeline, until SIGINT/SIGTERM.
+//!
+//! A failed pipeline does not end the process: the daemon keeps answering `/status` with the
+//! error and its hint, so the operator sees why, and a restart resumes from the state kept on
+//! the target.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::http::{AppState, router};
+use crate::status::{ErrorReport, StatusBoard};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the HTTP server stopped: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+impl DaemonError {
+    pub fn hint(&self) -> String {
+        match self {
+            DaemonError::Listen { .. } => {
+                "another process holds the port: stop it or change api.listen".into()
+            }
+            DaemonError::Serve(_) => "restart the daemon".into(),
+        }
+    }
+}
+
+/// A daemon whose listener is bound (so its address is known) but not yet serving.
+pub struct Daemon {
+    cfg: Config,
+    listener: TcpListener,
+    pub status: Arc<StatusBoard>,
+}
+
+impl Daemon {
+    pub async fn bind(cfg: Config) -> Result<Daemon, DaemonError> {
+        let addr = cfg.api.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| DaemonError::Listen { addr, source })?;
+        let engine = match cfg.replication.engine {
+            crate::config::Engine::Native => "native",
+            crate::config::Engine::Dms => "dms",
+        };
+        let status = StatusBoard::new(engine, cfg.replication.migration_id.as_str());
+        Ok(Daemon {
+            cfg,
+            listener,
+            status,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or(self.cfg.api.listen)
+    }
+
+    /// Serve until `shutdown` resolves.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), DaemonError> {
+        let Daemon {
+            cfg,
+            listener,
+            status,
+        } = self;
+        tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            migration = %cfg.replication.migration_id, "pgcutover daemon started");
+        let pipeline_status = status.clone();
+        let pipeline = tokio::spawn(async move {
+            match crate::load::run(&cfg, pipeline_status.clone()).await {
+                Ok(outcome) => {
+                    tracing::info!(tables = outcome.tables.len(), slot_lsn = %outcome.slot_lsn,
+                        "full load done; change data capture is not part of this build yet");
+                }
+                Err(e) => {
+                    let report = ErrorReport {
+                        error: e.to_string(),
+                        hint: e.hint(),
+                    };
+                    tracing::error!(error = %report.error, hint = %report.hint, "migration stopped");
+                    pipeline_status.fail(report);
+                }
+            }
+        });
+        let app = router(AppState { status });
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        pipeline.abort();
+        served.map_err(DaemonError::Serve)
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}

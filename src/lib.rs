@@ -1,0 +1,16 @@
+//! pgcutover: move a live PostgreSQL database to another PostgreSQL with no lost writes.
+//!
+//! Layers, lowest first (a module only uses the ones before it): `secret`, `config`, `pg`
+//! (connections, catalog, slot, clusters), `status`, `load` (the native full load), then the
+//! daemon's edges: `http`, `daemon`, `cleanup`, `demo`, `cli`.
+
+pub mod cleanup;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod http;
+pub mod load;
+pub mod pg;
+pub mod secret;
+pub mod status;

@@ -1,0 +1,355 @@
+//! The full load: from nothing to a target that holds every selected row as of a known
+//! source position, ready for the change stream to continue from.
+//!
+//! Steps, each recorded on the target before the next begins:
+//!
+//! 1. **preflight** (read-only, [`preflight`]);
+//! 2. **setup**: the publication and the logical slot, whose exported snapshot is the point
+//!    the copy is taken at (the slot's consistent point is recorded in `pgcutover.migration`);
+//! 3. **schema** pre-data, in one transaction with its record ([`schema`]);
+//! 4. **copy** by N workers sharing one snapshot ([`copy`], [`plan`]); each chunk commits
+//!    with its progress row;
+//! 5. **post-data** (indexes, constraints) with `pg_restore -j N`.
+//!
+//! ## Resume
+//!
+//! A killed daemon loses its exported snapshot: PostgreSQL keeps a snapshot importable only
+//! while the exporting session lives. pgcopydb answers this by asking the operator to keep a
+//! snapshot-holding process alive across the failure; PostgreSQL's own table-sync workers
+//! answer it with a per-table "synced at" position. We take the second way, because it
+//! survives any crash, including the host's: tables whose every chunk committed are kept;
+//! every other table is emptied and copied again from a *new* snapshot, exported by a
+//! temporary slot created on resume, and each table's rows in `pgcutover.load_progress` carry
+//! the position of the snapshot it was copied at. The permanent slot still starts at the
+//! first consistent point, which is never later than any table's snapshot, so the change
+//! stream has every change; it applies a change to a table only if the change committed at
+//! or after that table's snapshot position, and so nothing is missed or applied twice.
+
+pub mod copy;
+pub mod plan;
+pub mod preflight;
+pub mod progress;
+pub mod schema;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::pg::slot::{self, ExportedSnapshot, SlotError};
+use crate::pg::{Lsn, SqlError, TableName};
+use crate::status::{Stage, StatusBoard};
+use copy::{CopyError, CopyUnit, Worker};
+use plan::{PlanOptions, WorkItem};
+use preflight::PreflightError;
+use progress::{LoadedTable, SchemaState};
+use schema::SchemaError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    #[error(transparent)]
+    Slot(#[from] SlotError),
+    #[error("schema copy: {0}")]
+    Schema(#[from] SchemaError),
+    #[error(transparent)]
+    Copy(#[from] CopyError),
+    #[error(transparent)]
+    Sql(#[from] SqlError),
+    #[error("replication slot {slot} recorded by an earlier run is gone from the source")]
+    SlotLost { slot: String },
+    #[error("publication {publication} recorded by an earlier run is gone from the source")]
+    PublicationLost { publication: String },
+    #[error("a copy worker stopped unexpectedly: {0}")]
+    WorkerPanicked(String),
+    #[error("cannot create the state folder {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl LoadError {
+    pub fn hint(&self) -> String {
+        match self {
+            LoadError::Preflight(e) => e
+                .problems
+                .first()
+                .map(|p| p.hint.clone())
+                .unwrap_or_default(),
+            LoadError::Slot(e) => e.hint(),
+            LoadError::Schema(e) => e.hint(),
+            LoadError::Copy(_) | LoadError::Sql(_) => "restart pgcutover once the cause is \
+                fixed: tables already copied are kept, the rest is copied again"
+                .into(),
+            LoadError::SlotLost { .. } | LoadError::PublicationLost { .. } => {
+                "changes since the load began can no longer be replayed: run `pgcutover \
+                 cleanup`, empty the target, and start the migration again"
+                    .into()
+            }
+            LoadError::StateDir { .. } => "check state.dir and its permissions".into(),
+            LoadError::WorkerPanicked(_) => "this is a bug in pgcutover; restart to resume \
+                the load and report it with the log"
+                .into(),
+        }
+    }
+}
+
+/// Where the load ended: the slot to stream from and each table's snapshot position.
+#[derive(Clone, Debug)]
+pub struct LoadOutcome {
+    pub slot_lsn: Lsn,
+    pub tables: BTreeMap<TableName, LoadedTable>,
+}
+
+/// Run (or resume) the full load of the configured migration.
+pub async fn run(cfg: &Config, status: Arc<StatusBoard>) -> Result<LoadOutcome, LoadError> {
+    let id = cfg.replication.migration_id.clone();
+    let slot_name = id.slot_name();
+    let publication = id.publication_name();
+    status.set_stage(Stage::Preflight);
+    let facts = preflight::check(cfg).await?;
+    let (src, tgt) = (&facts.source, &facts.target);
+
+    status.set_stage(Stage::Setup);
+    let state_dir = cfg.state_dir.join(id.as_str());
+    std::fs::create_dir_all(&state_dir).map_err(|source| LoadError::StateDir {
+        path: state_dir.clone(),
+        source,
+    })?;
+    let mut m = progress::ensure_migration(tgt, id.as_str(), &slot_name, &publication).await?;
+    let mut snapshot: Option<ExportedSnapshot> = None;
+    let slot_lsn = match m.slot_lsn {
+        None => {
+            // A slot of ours without a record is left from a run that crashed right after
+            // creating it; nothing was copied from its snapshot, so start over.
+            if slot::drop_slot(src, &slot_name).await? {
+                tracing::warn!(slot = %slot_name, "dropped a slot left by an interrupted setup");
+            }
+            let roots: Vec<TableName> = facts.selection.roots.iter().map(|t| t.name.clone()).collect();
+            slot::create_publication(src, &publication, &roots).await?;
+            tracing::info!(%publication, tables = roots.len(), "publication created");
+            let snap =
+                slot::create_slot_with_snapshot(&cfg.source, &slot_name, false, facts.source_major)
+                    .await?;
+            progress::set_slot_lsn(tgt, id.as_str(), snap.lsn).await?;
+            tracing::info!(slot = %slot_name, lsn = %snap.lsn, "replication slot created");
+            let lsn = snap.lsn;
+            snapshot = Some(snap);
+            m.slot_lsn = Some(lsn);
+            lsn
+        }
+        Some(lsn) => {
+            if slot::slot_info(src, &slot_name).await?.is_none() {
+                return Err(LoadError::SlotLost { slot: slot_name });
+            }
+            let has_pub: bool = src
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
+                    &[&publication],
+                )
+                .await
+                .map_err(|source| SqlError {
+                    context: "looking up the publication".into(),
+                    source,
+                })?
+                .get(0);
+            if !has_pub {
+                return Err(LoadError::PublicationLost { publication });
+            }
+            tracing::info!(slot = %slot_name, lsn = %lsn, "resuming the migration");
+            lsn
+        }
+    };
+    status.set_slot_lsn(slot_lsn);
+
+    let loaded = progress::loaded_tables(tgt, id.as_str()).await?;
+    let pending: Vec<&CopyUnit> = facts
+        .units
+        .iter()
+        .filter(|u| !loaded.contains_key(&u.name))
+        .collect();
+    let copy_schema = cfg.replication.copy_schema;
+    let need_pre_data = copy_schema && m.schema_state == SchemaState::None;
+    let archive = state_dir.join("schema.dump");
+    let need_dump = copy_schema
+        && m.schema_state != SchemaState::Done
+        && (need_pre_data || !archive.exists());
+    if snapshot.is_none() && (need_pre_data || !pending.is_empty()) {
+        let snap = slot::create_slot_with_snapshot(
+            &cfg.source,
+            &id.resume_slot_name(),
+            true,
+            facts.source_major,
+        )
+        .await?;
+        tracing::info!(lsn = %snap.lsn, tables = pending.len(), "new snapshot for the tables still to copy");
+        snapshot = Some(snap);
+    }
+
+    if need_dump && let Some(tools) = &facts.tools {
+        status.set_stage(Stage::Schema);
+        schema::dump(
+            tools,
+            &cfg.source,
+            snapshot.as_ref().map(|s| s.name.as_str()),
+            &archive,
+            &facts.excluded,
+        )
+        .await?;
+        if need_pre_data {
+            schema::apply_pre_data(
+                tools,
+                &cfg.target,
+                &archive,
+                &progress::schema_state_sql(id.as_str(), SchemaState::PreData),
+            )
+            .await?;
+            m.schema_state = SchemaState::PreData;
+            tracing::info!("schema (pre-data) created on the target");
+        }
+    }
+
+    status.set_stage(Stage::FullLoad);
+    let opts = PlanOptions {
+        workers: cfg.replication.parallel_workers,
+        split_bytes: cfg.replication.split_tables_larger_than,
+        block_size: facts.block_size,
+        tid_range_scans: facts.source_major >= 14,
+    };
+    let sizes: Vec<(TableName, u64)> = pending.iter().map(|u| (u.name.clone(), u.bytes)).collect();
+    let items = plan::plan(&sizes, &opts);
+    for u in &facts.units {
+        match loaded.get(&u.name) {
+            Some(l) => status.add_table(&u.name, 1, Some((l.rows, l.bytes as u64, l.snapshot_lsn))),
+            None => {
+                let chunks = plan::chunk_count(u.bytes, &opts) as i32;
+                status.add_table(&u.name, chunks, None);
+            }
+        }
+    }
+    if let Some(snap) = &snapshot
+        && !items.is_empty()
+    {
+        for u in &pending {
+            progress::forget_table(tgt, id.as_str(), &u.name).await?;
+            // Whole-table chunks empty their table in their own transaction; tables cut into
+            // ranges are emptied once here, before any range lands.
+            if plan::chunk_count(u.bytes, &opts) > 1 {
+                tgt.batch_execute(&u.clear_sql())
+                    .await
+                    .map_err(|source| SqlError {
+                        context: format!("emptying {}", u.name.display_plain()),
+                        source,
+                    })?;
+            }
+        }
+        let units: Vec<CopyUnit> = pending.iter().map(|u| (*u).clone()).collect();
+        let started = Instant::now();
+        copy_all(cfg, snap, units, items, status.clone()).await?;
+        tracing::info!(secs = started.elapsed().as_secs_f64(), "rows copied");
+    }
+    drop(snapshot);
+
+    if copy_schema
+        && m.schema_state != SchemaState::Done
+        && let Some(tools) = &facts.tools
+    {
+        status.set_stage(Stage::PostData);
+        let started = Instant::now();
+        let n = schema::apply_post_data(
+            tools,
+            src,
+            tgt,
+            &cfg.target,
+            &archive,
+            cfg.replication.parallel_workers,
+        )
+        .await?;
+        progress::set_schema_state(tgt, id.as_str(), SchemaState::Done).await?;
+        tracing::info!(items = n, secs = started.elapsed().as_secs_f64(), "indexes and constraints built");
+    }
+    progress::set_stage(tgt, id.as_str(), "loaded").await?;
+    let tables = progress::loaded_tables(tgt, id.as_str()).await?;
+    status.set_stage(Stage::Loaded);
+    tracing::info!(tables = tables.len(), %slot_lsn, "full load complete");
+    Ok(LoadOutcome { slot_lsn, tables })
+}
+
+/// Copy every work item with up to `parallel_workers` workers sharing the snapshot. The
+/// first error stops the others from taking new work and is returned.
+async fn copy_all(
+    cfg: &Config,
+    snapshot: &ExportedSnapshot,
+    units: Vec<CopyUnit>,
+    items: Vec<WorkItem>,
+    status: Arc<StatusBoard>,
+) -> Result<(), LoadError> {
+    let workers = cfg.replication.parallel_workers.min(items.len()).max(1);
+    let queue = Arc::new(Mutex::new(VecDeque::from(items)));
+    let units = Arc::new(units);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let (queue, units, stop, status) = (queue.clone(), units.clone(), stop.clone(), status.clone());
+        let (source, target) = (cfg.source.clone(), cfg.target.clone());
+        let (name, lsn) = (snapshot.name.clone(), snapshot.lsn);
+        let id = cfg.replication.migration_id.as_str().to_string();
+        set.spawn(async move {
+            let result = async {
+                let mut worker = Worker::open(&source, &target, &name, lsn, &id).await?;
+                loop {
+                    if stop.load(Ordering::Relaxed) {
+                        return Ok(());
+                    }
+                    let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
+                    let Some(item) = next else { return Ok(()) };
+                    let unit = &units[item.table];
+                    let live = status.chunk_started(&unit.name);
+                    let started = Instant::now();
+                    match worker.copy(unit, &item, &live).await {
+                        Ok((rows, bytes)) => {
+                            if status.chunk_done(&unit.name, rows, bytes, lsn) {
+                                tracing::info!(table = %unit.name.display_plain(), rows, bytes,
+                                    binary = unit.binary, "table copied");
+                            } else {
+                                tracing::debug!(table = %unit.name.display_plain(), chunk = item.chunk,
+                                    rows, secs = started.elapsed().as_secs_f64(), "chunk copied");
+                            }
+                        }
+                        Err(e) => {
+                            status.chunk_abandoned(&unit.name);
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+            .await;
+            if result.is_err() {
+                stop.store(true, Ordering::Relaxed);
+            }
+            result
+        });
+    }
+    let mut first: Option<LoadError> = None;
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                first.get_or_insert(e.into());
+            }
+            Err(panic) => {
+                stop.store(true, Ordering::Relaxed);
+                first.get_or_insert(LoadError::WorkerPanicked(panic.to_string()));
+            }
+        }
+    }
+    match first {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,462 @@
+//! Checks made before anything is changed on either side.
+//!
+//! Every check runs, and every problem found is reported at once with a hint, so a bad
+//! setup costs one round trip: unreachable servers, wrong passwords, missing privileges,
+//! `wal_level`, free slots and WAL senders, patterns that match nothing, tables that cannot be
+//! replicated (correctness rule 7), a target that is not empty, a target schema that differs
+//! (with `copy_schema = false`), and missing or too old `pg_dump`/`pg_restore`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use tokio_postgres::Client;
+
+use super::copy::CopyUnit;
+use super::progress::{self, MigrationRow, SchemaState};
+use super::schema::SchemaTools;
+use crate::config::Config;
+use crate::pg::catalog::{self, Column, Selection};
+use crate::pg::{SqlContext, SqlError, TableName, server_major};
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    pub error: String,
+    pub hint: String,
+}
+
+fn problem(error: impl Into<String>, hint: impl Into<String>) -> Problem {
+    Problem {
+        error: error.into(),
+        hint: hint.into(),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub struct PreflightError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for PreflightError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(f, "preflight found {n} problem(s), nothing was changed")?;
+        for p in &self.problems {
+            write!(f, "\n  - {}\n    hint: {}", p.error, p.hint)?;
+        }
+        Ok(())
+    }
+}
+
+impl From<SqlError> for PreflightError {
+    fn from(e: SqlError) -> Self {
+        PreflightError {
+            problems: vec![problem(e.to_string(), "check the server's log")],
+        }
+    }
+}
+
+/// What the checks learnt, for the load to use.
+pub struct Facts {
+    pub source: Client,
+    pub target: Client,
+    pub source_major: u32,
+    pub block_size: u64,
+    pub selection: Selection,
+    /// Tables with rows to copy, with their columns.
+    pub units: Vec<CopyUnit>,
+    /// Top-level tables (with their partitions) the schema copy leaves out.
+    pub excluded: Vec<TableName>,
+    /// Bookkeeping of an earlier run of this migration, if any.
+    pub resume: Option<MigrationRow>,
+    pub tools: Option<SchemaTools>,
+}
+
+/// Show at most a few names.
+fn some_names<'a>(names: impl Iterator<Item = &'a TableName>) -> String {
+    let all: Vec<String> = names.map(TableName::display_plain).collect();
+    if all.len() <= 5 {
+        all.join(", ")
+    } else {
+        format!("{} and {} more", all[..5].join(", "), all.len() - 5)
+    }
+}
+
+pub async fn check(cfg: &Config) -> Result<Facts, PreflightError> {
+    let mut problems = Vec::new();
+    let (src, tgt) = tokio::join!(
+        cfg.source.connect("pgcutover"),
+        cfg.target.connect("pgcutover")
+    );
+    let src = src.map_err(|e| problems.push(problem(format!("source: {e}"), e.hint())));
+    let tgt = tgt.map_err(|e| problems.push(problem(format!("target: {e}"), e.hint())));
+    let (Ok(src), Ok(tgt)) = (src, tgt) else {
+        return Err(PreflightError { problems });
+    };
+
+    let source_major = server_major(&src).await?;
+    if source_major < 12 {
+        problems.push(problem(
+            format!("the source runs PostgreSQL {source_major}; pgcutover needs 12 or newer"),
+            "upgrade the source first (pg_upgrade), or migrate with pg_dump",
+        ));
+        return Err(PreflightError { problems });
+    }
+    let block_size = check_source_server(&src, &mut problems).await?;
+    let resume = progress::read_migration(&tgt, cfg.replication.migration_id.as_str()).await?;
+    let resuming = resume.as_ref().is_some_and(|m| m.slot_lsn.is_some());
+
+    let all = catalog::list_tables(&src).await?;
+    let selection = match catalog::select(&all, &cfg.replication.tables, &cfg.replication.exclude)
+    {
+        Ok(s) => s,
+        Err(list) => {
+            for p in list {
+                problems.push(problem(
+                    p,
+                    "fix replication.tables; patterns are schema.table with * and ?, and \
+                     partitions come with their partitioned table",
+                ));
+            }
+            Selection::default()
+        }
+    };
+    if selection.roots.is_empty() && problems.is_empty() {
+        problems.push(problem(
+            "the table patterns select no table once replication.exclude is applied",
+            "fix replication.tables / replication.exclude",
+        ));
+    }
+    check_source_tables(&selection, resuming, &mut problems);
+
+    let oids: Vec<u32> = selection.units.iter().map(|t| t.oid).collect();
+    let mut columns = catalog::columns(&src, &oids).await?;
+    let mut units: Vec<CopyUnit> = selection
+        .units
+        .iter()
+        .map(|t| {
+            let cols = columns.remove(&t.oid).unwrap_or_default();
+            CopyUnit::new(t.name.clone(), &cols, t.bytes.max(0) as u64)
+        })
+        .collect();
+    let src_cols: BTreeMap<TableName, Vec<Column>> = {
+        let mut again = catalog::columns(&src, &oids).await?;
+        selection
+            .units
+            .iter()
+            .map(|t| (t.name.clone(), again.remove(&t.oid).unwrap_or_default()))
+            .collect()
+    };
+
+    check_target_database(&tgt, &mut problems).await?;
+    let schema_state = resume.as_ref().map_or(SchemaState::None, |m| m.schema_state);
+    let unit_names: Vec<TableName> = units.iter().map(|u| u.name.clone()).collect();
+    let root_names: Vec<TableName> = selection.roots.iter().map(|t| t.name.clone()).collect();
+    if cfg.replication.copy_schema && schema_state == SchemaState::None {
+        let present = catalog::columns_by_name(&tgt, &root_names).await?;
+        if !present.is_empty() {
+            problems.push(problem(
+                format!("the target already has table(s) {}", some_names(present.keys())),
+                "copy_schema = true creates the tables itself: drop them on the target, or set \
+                 copy_schema = false to load into the existing tables",
+            ));
+        }
+    } else {
+        let on_target = catalog::columns_by_name(&tgt, &unit_names).await?;
+        for name in &unit_names {
+            match on_target.get(name) {
+                None => problems.push(problem(
+                    format!("table {} does not exist on the target", name.display_plain()),
+                    "create it on the target, or set copy_schema = true",
+                )),
+                Some((_, tcols)) => {
+                    let diffs = column_differences(&src_cols[name], tcols);
+                    if !diffs.is_empty() {
+                        problems.push(problem(
+                            format!(
+                                "table {} differs on the target: {}",
+                                name.display_plain(),
+                                diffs.join("; ")
+                            ),
+                            "make the target table match the source, or set copy_schema = true \
+                             with an empty target",
+                        ));
+                    }
+                }
+            }
+        }
+        if !resuming {
+            let mut not_empty = Vec::new();
+            for name in unit_names.iter().filter(|n| on_target.contains_key(*n)) {
+                let has_rows: bool = tgt
+                    .query_one(&format!("SELECT EXISTS (SELECT 1 FROM ONLY {name})"), &[])
+                    .await
+                    .ctx(|| format!("looking into {}", name.display_plain()))?
+                    .get(0);
+                if has_rows {
+                    not_empty.push(name.clone());
+                }
+            }
+            if !not_empty.is_empty() {
+                problems.push(problem(
+                    format!(
+                        "target table(s) {} are not empty",
+                        some_names(not_empty.iter())
+                    ),
+                    "the full load needs empty target tables: TRUNCATE them on the target (after \
+                     checking that nothing there is needed)",
+                ));
+            }
+        }
+        mark_fk_referenced(&tgt, &mut units).await?;
+    }
+
+    let tools = if cfg.replication.copy_schema && schema_state != SchemaState::Done {
+        match SchemaTools::find(cfg.replication.pg_bin_dir.as_deref(), source_major) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                problems.push(problem(e.to_string(), e.hint()));
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    if !problems.is_empty() {
+        return Err(PreflightError { problems });
+    }
+    let excluded = all
+        .iter()
+        .filter(|t| {
+            let top = t.root.as_ref().unwrap_or(&t.name);
+            !root_names.contains(top)
+        })
+        .map(|t| t.name.clone())
+        .collect();
+    Ok(Facts {
+        source: src,
+        target: tgt,
+        source_major,
+        block_size,
+        selection,
+        units,
+        excluded,
+        resume,
+        tools,
+    })
+}
+
+async fn check_source_server(src: &Client, problems: &mut Vec<Problem>) -> Result<u64, SqlError> {
+    let r = src
+        .query_one(
+            "SELECT current_setting('wal_level'),
+                    current_setting('max_replication_slots')::int,
+                    (SELECT count(*) FROM pg_replication_slots)::int,
+                    current_setting('max_wal_senders')::int,
+                    (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'walsender')::int,
+                    r.rolsuper, r.rolreplication,
+                    coalesce((SELECT pg_has_role(oid, 'MEMBER') FROM pg_roles
+                               WHERE rolname = 'rds_replication'), false),
+                    has_database_privilege(current_database(), 'CREATE'),
+                    current_setting('block_size')::int8
+               FROM pg_roles r WHERE r.rolname = current_user",
+            &[],
+        )
+        .await
+        .ctx(|| "reading the source's settings".into())?;
+    let wal_level: String = r.get(0);
+    if wal_level != "logical" {
+        problems.push(problem(
+            format!("the source has wal_level = {wal_level}, logical replication needs logical"),
+            "set wal_level = logical and restart the source (RDS/Aurora: set \
+             rds.logical_replication = 1 in the parameter group and reboot)",
+        ));
+    }
+    let (max_slots, used_slots): (i32, i32) = (r.get(1), r.get(2));
+    if max_slots - used_slots < 1 {
+        problems.push(problem(
+            format!("the source has no free replication slot ({used_slots} of max_replication_slots = {max_slots} in use)"),
+            "raise max_replication_slots (needs a restart) or drop unused slots",
+        ));
+    }
+    let (max_senders, used_senders): (i32, i32) = (r.get(3), r.get(4));
+    if max_senders - used_senders < 1 {
+        problems.push(problem(
+            format!("the source has no free WAL sender ({used_senders} of max_wal_senders = {max_senders} in use)"),
+            "raise max_wal_senders (needs a restart)",
+        ));
+    }
+    let (superuser, replication, rds): (bool, bool, bool) = (r.get(5), r.get(6), r.get(7));
+    if !(superuser || replication || rds) {
+        problems.push(problem(
+            "the source role may not use replication",
+            "ALTER ROLE <role> WITH REPLICATION (RDS/Aurora: GRANT rds_replication TO <role>)",
+        ));
+    }
+    let can_create: bool = r.get(8);
+    if !(superuser || can_create) {
+        problems.push(problem(
+            "the source role may not create a publication (no CREATE on the database)",
+            "GRANT CREATE ON DATABASE <db> TO <role>",
+        ));
+    }
+    Ok(r.get::<_, i64>(9).max(1) as u64)
+}
+
+fn check_source_tables(sel: &Selection, resuming: bool, problems: &mut Vec<Problem>) {
+    let unlogged: Vec<_> = sel.units.iter().filter(|t| t.persistence == 'u').collect();
+    if !unlogged.is_empty() {
+        problems.push(problem(
+            format!(
+                "table(s) {} are UNLOGGED and cannot be replicated",
+                some_names(unlogged.iter().map(|t| &t.name))
+            ),
+            "ALTER TABLE ... SET LOGGED on the source, or list them in replication.exclude",
+        ));
+    }
+    for t in &sel.units {
+        if let Some(p) = t.replica_identity_problem() {
+            problems.push(problem(
+                p,
+                format!(
+                    "add a primary key, or run ALTER TABLE {} REPLICA IDENTITY FULL on the \
+                     source, or list it in replication.exclude",
+                    t.name
+                ),
+            ));
+        }
+    }
+    let unreadable: Vec<_> = sel.units.iter().filter(|t| !t.can_select).collect();
+    if !unreadable.is_empty() {
+        problems.push(problem(
+            format!(
+                "the source role may not read table(s) {}",
+                some_names(unreadable.iter().map(|t| &t.name))
+            ),
+            "GRANT SELECT ON those tables to the source role",
+        ));
+    }
+    let foreign: Vec<_> = sel.roots.iter().filter(|t| !t.owned).collect();
+    if !resuming && !foreign.is_empty() {
+        problems.push(problem(
+            format!(
+                "the source role does not own table(s) {}, so it cannot add them to a publication",
+                some_names(foreign.iter().map(|t| &t.name))
+            ),
+            "connect as the tables' owner or a superuser (RDS/Aurora: rds_superuser)",
+        ));
+    }
+}
+
+async fn check_target_database(tgt: &Client, problems: &mut Vec<Problem>) -> Result<(), SqlError> {
+    let r = tgt
+        .query_one(
+            "SELECT r.rolsuper OR has_database_privilege(current_database(), 'CREATE')
+               FROM pg_roles r WHERE r.rolname = current_user",
+            &[],
+        )
+        .await
+        .ctx(|| "reading the target role's privileges".into())?;
+    if !r.get::<_, bool>(0) {
+        problems.push(problem(
+            "the target role may not create schemas (no CREATE on the database)",
+            "GRANT CREATE ON DATABASE <db> TO <role> on the target",
+        ));
+    }
+    Ok(())
+}
+
+async fn mark_fk_referenced(tgt: &Client, units: &mut [CopyUnit]) -> Result<(), SqlError> {
+    let schemas: Vec<&str> = units.iter().map(|u| u.name.schema.as_str()).collect();
+    let names: Vec<&str> = units.iter().map(|u| u.name.name.as_str()).collect();
+    let rows = tgt
+        .query(
+            "SELECT w.s, w.t FROM unnest($1::text[], $2::text[]) AS w(s, t)
+              WHERE EXISTS (SELECT 1 FROM pg_constraint co
+                              JOIN pg_class c ON c.oid = co.confrelid
+                              JOIN pg_namespace n ON n.oid = c.relnamespace
+                             WHERE co.contype = 'f' AND n.nspname = w.s AND c.relname = w.t)",
+            &[&schemas, &names],
+        )
+        .await
+        .ctx(|| "looking for foreign keys on the target".into())?;
+    for r in rows {
+        let name = TableName::new(r.get::<_, String>(0), r.get::<_, String>(1));
+        if let Some(u) = units.iter_mut().find(|u| u.name == name) {
+            u.fk_referenced = true;
+        }
+    }
+    Ok(())
+}
+
+/// What differs between a source table's columns and the target's, for a person to read.
+pub fn column_differences(source: &[Column], target: &[Column]) -> Vec<String> {
+    let mut diffs = Vec::new();
+    for s in source {
+        match target.iter().find(|t| t.name == s.name) {
+            None => diffs.push(format!("column {:?} is missing", s.name)),
+            Some(t) => {
+                if t.type_name != s.type_name {
+                    diffs.push(format!(
+                        "column {:?} is {} on the target but {} on the source",
+                        s.name, t.type_name, s.type_name
+                    ));
+                }
+                if t.generated != s.generated {
+                    diffs.push(format!(
+                        "column {:?} is {}generated on the target but {}generated on the source",
+                        s.name,
+                        if t.generated { "" } else { "not " },
+                        if s.generated { "" } else { "not " },
+                    ));
+                }
+            }
+        }
+    }
+    for t in target {
+        if !source.iter().any(|s| s.name == t.name) {
+            diffs.push(format!("column {:?} exists only on the target", t.name));
+        }
+    }
+    diffs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(name: &str, ty: &str) -> Column {
+        Column {
+            name: name.into(),
+            type_name: ty.into(),
+            generated: false,
+            not_null: false,
+            binary_safe: true,
+        }
+    }
+
+    #[test]
+    fn differences_are_precise() {
+        let src = [col("id", "integer"), col("name", "text"), col("gone", "date")];
+        let mut gen_col = col("name", "text");
+        gen_col.generated = true;
+        let tgt = [col("id", "bigint"), gen_col, col("extra", "text")];
+        let d = column_differences(&src, &tgt);
+        assert_eq!(
+            d,
+            [
+                "column \"id\" is bigint on the target but integer on the source",
+                "column \"name\" is generated on the target but not generated on the source",
+                "column \"gone\" is missing",
+                "column \"extra\" exists only on the target",
+            ]
+        );
+        assert!(column_differences(&src, &src).is_empty());
+    }
+
+    #[test]
+    fn long_name_lists_are_shortened() {
+        let names: Vec<TableName> = (0..8).map(|i| TableName::new("s", format!("t{i}"))).collect();
+        assert_eq!(some_names(names.iter()), "s.t0, s.t1, s.t2, s.t3, s.t4 and 3 more");
+    }
+}

@@ -1,0 +1,74 @@
+//! Everything that talks to PostgreSQL at the lowest level: connections, WAL positions,
+//! names, the catalog, the publication and the replication slot, and throwaway clusters for
+//! tests and the demo. Nothing here knows about loading, streaming or cutting over.
+
+pub mod catalog;
+pub mod cluster;
+pub mod conn;
+pub mod lsn;
+pub mod name;
+pub mod slot;
+pub mod tools;
+
+pub use lsn::Lsn;
+pub use name::{TableName, quote_ident, quote_literal};
+
+/// The server's own message for a database error (tokio-postgres' `Display` says only
+/// "db error"), or the client-side error text. Never contains a password: neither the server
+/// nor the client echo it.
+pub fn error_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = db.message().to_string();
+            if let Some(detail) = db.detail() {
+                s.push_str(" (");
+                s.push_str(detail);
+                s.push(')');
+            }
+            s
+        }
+        None => {
+            let mut s = e.to_string();
+            let mut src = std::error::Error::source(e);
+            while let Some(inner) = src {
+                s.push_str(": ");
+                s.push_str(&inner.to_string());
+                src = inner.source();
+            }
+            s
+        }
+    }
+}
+
+/// An error from a SQL statement, with the server's message and what we were doing.
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {}", error_text(.source))]
+pub struct SqlError {
+    pub context: String,
+    #[source]
+    pub source: tokio_postgres::Error,
+}
+
+/// Attach what we were doing to a tokio-postgres error.
+pub trait SqlContext<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T, SqlError>;
+}
+
+impl<T> SqlContext<T> for Result<T, tokio_postgres::Error> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T, SqlError> {
+        self.map_err(|source| SqlError {
+            context: context(),
+            source,
+        })
+    }
+}
+
+/// The server's major version (`server_version_num / 10000`).
+pub async fn server_major(client: &tokio_postgres::Client) -> Result<u32, SqlError> {
+    let row = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .ctx(|| "reading the server version".into())?;
+    let num: i32 = row.get(0);
+    Ok((num / 10000) as u32)
+}

@@ -1,0 +1,219 @@
+//! The publication and the logical replication slot on the source.
+//!
+//! The slot is created on a *replication* connection (the `replication=database` startup
+//! parameter, which tokio-postgres cannot send), through `pgwire-replication`'s gated session:
+//! it authenticates, runs `CREATE_REPLICATION_SLOT ... (SNAPSHOT 'export')`, and then simply
+//! stays open. PostgreSQL keeps the exported snapshot importable exactly as long as that
+//! session runs no other command and stays connected, so [`ExportedSnapshot`] owns the session
+//! and the snapshot dies with it (correctness rule 1: every copy worker imports it before it
+//! is dropped). See <https://www.postgresql.org/docs/current/protocol-replication.html>.
+
+use pgwire_replication::{ReplicationClient, ReplicationConfig, TlsConfig};
+use tokio_postgres::Client;
+
+use super::conn::{ConnInfo, SslMode};
+use super::{Lsn, SqlContext, SqlError, TableName, quote_ident};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SlotError {
+    #[error("cannot open a replication connection to {target}: {message}")]
+    Connect { target: String, message: String },
+    #[error("creating replication slot {slot} failed: {message}")]
+    Create { slot: String, message: String },
+    #[error(transparent)]
+    Sql(#[from] SqlError),
+}
+
+impl SlotError {
+    pub fn hint(&self) -> String {
+        match self {
+            SlotError::Connect { .. } => "the role needs the REPLICATION attribute (or \
+                rds_replication on RDS/Aurora), and pg_hba.conf must allow its connection"
+                .into(),
+            SlotError::Create { message, .. } if message.contains("all replication slots") => {
+                "raise max_replication_slots on the source, or drop unused slots".into()
+            }
+            SlotError::Create { .. } | SlotError::Sql(_) => {
+                "check the source's log for the reason".into()
+            }
+        }
+    }
+}
+
+/// A snapshot exported by slot creation, valid while this value lives.
+pub struct ExportedSnapshot {
+    /// The replication session that holds the snapshot open; dropping it ends the session.
+    _session: ReplicationClient,
+    /// The name workers pass to `SET TRANSACTION SNAPSHOT`.
+    pub name: String,
+    /// The slot's consistent point: the snapshot sees exactly the transactions that committed
+    /// before it, and the slot streams exactly those that commit after it.
+    pub lsn: Lsn,
+}
+
+fn replication_config(conn: &ConnInfo, slot: &str) -> ReplicationConfig {
+    let password = conn.password.as_ref().map_or("", |p| p.expose());
+    let tls = match conn.sslmode {
+        SslMode::Disable => TlsConfig::disabled(),
+        SslMode::Prefer => TlsConfig {
+            mode: pgwire_replication::SslMode::Prefer,
+            ..TlsConfig::default()
+        },
+        SslMode::Require => TlsConfig::require(),
+    };
+    ReplicationConfig::new(
+        conn.host.clone(),
+        conn.user.clone(),
+        password,
+        conn.dbname.clone(),
+        slot,
+        "unused",
+    )
+    .with_port(conn.port)
+    .with_tls(tls)
+    .with_application_name("pgcutover")
+}
+
+/// Create a logical slot (pgoutput) and export its snapshot. A `temporary` slot is dropped by
+/// the server when the session ends.
+pub async fn create_slot_with_snapshot(
+    conn: &ConnInfo,
+    slot: &str,
+    temporary: bool,
+    server_major: u32,
+) -> Result<ExportedSnapshot, SlotError> {
+    let mut session = ReplicationClient::connect_gated(replication_config(conn, slot))
+        .await
+        .map_err(|e| SlotError::Connect {
+            target: conn.to_string(),
+            message: e.to_string(),
+        })?;
+    let temp = if temporary { " TEMPORARY" } else { "" };
+    // PostgreSQL 15 introduced the option list; the older keyword form is still accepted.
+    let options = if server_major >= 15 {
+        "(SNAPSHOT 'export')"
+    } else {
+        "EXPORT_SNAPSHOT"
+    };
+    let sql = format!(
+        "CREATE_REPLICATION_SLOT {}{temp} LOGICAL pgoutput {options}",
+        quote_ident(slot)
+    );
+    let rows = session.simple_query(&sql).await.map_err(|e| {
+        let message = e.to_string();
+        if message.contains("authentication") || message.contains("io error") {
+            SlotError::Connect {
+                target: conn.to_string(),
+                message,
+            }
+        } else {
+            SlotError::Create {
+                slot: slot.to_string(),
+                message,
+            }
+        }
+    })?;
+    let bad = |what: &str| SlotError::Create {
+        slot: slot.to_string(),
+        message: format!("unexpected reply: {what}"),
+    };
+    let row = rows.first().ok_or_else(|| bad("no row"))?;
+    let text = |i: usize| -> Result<String, SlotError> {
+        row.get(i)
+            .and_then(|v| v.as_ref())
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .ok_or_else(|| bad("missing column"))
+    };
+    let lsn: Lsn = text(1)?.parse().map_err(|_| bad("consistent_point"))?;
+    let name = text(2)?;
+    Ok(ExportedSnapshot {
+        _session: session,
+        name,
+        lsn,
+    })
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotInfo {
+    pub plugin: Option<String>,
+    pub active_pid: Option<i32>,
+    pub confirmed_flush: Option<Lsn>,
+}
+
+pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, SqlError> {
+    let row = client
+        .query_opt(
+            "SELECT plugin::text, active_pid, confirmed_flush_lsn::text
+               FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .ctx(|| format!("looking up replication slot {slot}"))?;
+    Ok(row.map(|r| SlotInfo {
+        plugin: r.get(0),
+        active_pid: r.get(1),
+        confirmed_flush: r.get::<_, Option<String>>(2).and_then(|s| s.parse().ok()),
+    }))
+}
+
+/// Drop a slot if it exists, ending the session that holds it first. Returns whether a slot
+/// was dropped.
+pub async fn drop_slot(client: &Client, slot: &str) -> Result<bool, SqlError> {
+    for _ in 0..50 {
+        let Some(info) = slot_info(client, slot).await? else {
+            return Ok(false);
+        };
+        if let Some(pid) = info.active_pid {
+            client
+                .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                .await
+                .ctx(|| format!("ending the session that holds slot {slot}"))?;
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            continue;
+        }
+        match client
+            .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+            .await
+        {
+            Ok(_) => return Ok(true),
+            // Became active again, or was dropped by someone else in between: look again.
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    let source = client
+        .execute("SELECT pg_drop_replication_slot($1)", &[&slot])
+        .await
+        .err();
+    match source {
+        None => Ok(true),
+        Some(source) => Err(SqlError {
+            context: format!("dropping replication slot {slot}"),
+            source,
+        }),
+    }
+}
+
+/// Create (or recreate) the publication for exactly these tables.
+pub async fn create_publication(
+    client: &Client,
+    name: &str,
+    tables: &[TableName],
+) -> Result<(), SqlError> {
+    drop_publication(client, name).await?;
+    let list: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
+    client
+        .batch_execute(&format!(
+            "CREATE PUBLICATION {} FOR TABLE {}",
+            quote_ident(name),
+            list.join(", ")
+        ))
+        .await
+        .ctx(|| format!("creating publication {name}"))
+}
+
+pub async fn drop_publication(client: &Client, name: &str) -> Result<(), SqlError> {
+    client
+        .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(name)))
+        .await
+        .ctx(|| format!("dropping publication {name}"))
+}
