@@ -33,7 +33,9 @@ pub async fn run(cfg: &Config) -> CleanupReport {
     if dir.exists() {
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => report.done.push(format!("removed {}", dir.display())),
-            Err(e) => report.failed.push(format!("cannot remove {}: {e}", dir.display())),
+            Err(e) => report
+                .failed
+                .push(format!("cannot remove {}: {e}", dir.display())),
         }
     }
     report
@@ -49,14 +51,10 @@ enum SideError {
 
 async fn source_side(cfg: &Config) -> Result<Vec<String>, SideError> {
     let id = &cfg.replication.migration_id;
-    let src = cfg
-        .source
-        .connect("pgcutover cleanup")
-        .await
-        .map_err(|e| {
-            let h = e.hint();
-            SideError::Conn(e, h)
-        })?;
+    let src = cfg.source.connect("pgcutover cleanup").await.map_err(|e| {
+        let h = e.hint();
+        SideError::Conn(e, h)
+    })?;
     let mut done = Vec::new();
     for name in [id.slot_name(), id.resume_slot_name()] {
         if slot::drop_slot(&src, &name).await? {
@@ -81,14 +79,10 @@ async fn source_side(cfg: &Config) -> Result<Vec<String>, SideError> {
 
 async fn target_side(cfg: &Config) -> Result<Vec<String>, SideError> {
     let id = cfg.replication.migration_id.as_str();
-    let tgt = cfg
-        .target
-        .connect("pgcutover cleanup")
-        .await
-        .map_err(|e| {
-            let h = e.hint();
-            SideError::Conn(e, h)
-        })?;
+    let tgt = cfg.target.connect("pgcutover cleanup").await.map_err(|e| {
+        let h = e.hint();
+        SideError::Conn(e, h)
+    })?;
     let mut done = Vec::new();
     let exists: bool = tgt
         .query_one("SELECT to_regnamespace('pgcutover') IS NOT NULL", &[])
@@ -115,7 +109,9 @@ async fn target_side(cfg: &Config) -> Result<Vec<String>, SideError> {
             .await
             .ctx(|| "deleting the migration row".into())?;
         if n > 0 {
-            done.push(format!("removed migration {id} from the target's bookkeeping"));
+            done.push(format!(
+                "removed migration {id} from the target's bookkeeping"
+            ));
         }
         tgt.query_one("SELECT count(*) FROM pgcutover.migration", &[])
             .await

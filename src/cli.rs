@@ -8,8 +8,12 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, LogFormat};
 
 #[derive(Parser, Debug)]
-#[command(name = "pgcutover", version, about = "Move a live PostgreSQL database to another \
-    PostgreSQL with a write freeze of seconds")]
+#[command(
+    name = "pgcutover",
+    version,
+    about = "Move a live PostgreSQL database to another \
+    PostgreSQL with a write freeze of seconds"
+)]
 pub struct Cli {
     /// Log format: text or json (overrides log.format).
     #[arg(long, global = true)]
@@ -85,7 +89,10 @@ fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => return fail(e, "the process could not start its runtime"),
     };
@@ -117,7 +124,10 @@ pub async fn run(cli: Cli) -> ExitCode {
                 println!("{body}");
                 ExitCode::SUCCESS
             }
-            Err(e) => fail(e, "is the daemon running (pgcutover serve) and is --url right?"),
+            Err(e) => fail(
+                e,
+                "is the daemon running (pgcutover serve) and is --url right?",
+            ),
         },
         Command::Cleanup { config } => {
             let cfg = match load_config(&config) {
@@ -130,7 +140,10 @@ pub async fn run(cli: Cli) -> ExitCode {
                 println!("{d}");
             }
             if report.done.is_empty() && report.failed.is_empty() {
-                println!("nothing to clean up for migration {}", cfg.replication.migration_id);
+                println!(
+                    "nothing to clean up for migration {}",
+                    cfg.replication.migration_id
+                );
             }
             for f in &report.failed {
                 eprintln!("error: {f}");

@@ -118,7 +118,8 @@ impl MigrationId {
     pub fn parse(s: &str) -> Result<Self, String> {
         let ok = !s.is_empty()
             && s.len() <= 40
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         if ok {
             Ok(MigrationId(s.to_string()))
         } else {
@@ -162,7 +163,11 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "the configuration has {} problem(s):", self.problems.len())?;
+        writeln!(
+            f,
+            "the configuration has {} problem(s):",
+            self.problems.len()
+        )?;
         for p in &self.problems {
             writeln!(f, "  - {p}")?;
         }
@@ -304,15 +309,17 @@ impl Config {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
             Some(other) => {
-                r.problems
-                    .push(format!("log.format must be \"text\" or \"json\", not {other:?}"));
+                r.problems.push(format!(
+                    "log.format must be \"text\" or \"json\", not {other:?}"
+                ));
                 LogFormat::Text
             }
         };
         let level = r.string("log", "level").unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
-            r.problems
-                .push(format!("log.level {level:?} is not a valid filter (try \"info\")"));
+            r.problems.push(format!(
+                "log.level {level:?} is not a valid filter (try \"info\")"
+            ));
         }
 
         r.report_unknown_keys();
@@ -360,10 +367,7 @@ fn apply_env(table: &mut toml::Table, env: &[(String, String)], problems: &mut V
             continue;
         }
         let rest = name["PGCUTOVER_".len()..].to_ascii_lowercase();
-        let Some(&(section, key)) = KEYS
-            .iter()
-            .find(|(s, k)| rest == format!("{s}_{k}"))
-        else {
+        let Some(&(section, key)) = KEYS.iter().find(|(s, k)| rest == format!("{s}_{k}")) else {
             // Other PGCUTOVER_ variables (e.g. test settings) are not ours to judge.
             continue;
         };
@@ -394,7 +398,10 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn get(&mut self, section: &str, key: &str) -> Option<&toml::Value> {
-        debug_assert!(KEYS.contains(&(section, key)), "{section}.{key} missing in KEYS");
+        debug_assert!(
+            KEYS.contains(&(section, key)),
+            "{section}.{key} missing in KEYS"
+        );
         self.seen.insert((section.into(), key.into()));
         self.table.get(section)?.as_table()?.get(key)
     }
@@ -466,7 +473,8 @@ impl Reader<'_> {
         match parse_duration(&s) {
             Ok(d) if !d.is_zero() => Some(d),
             Ok(_) => {
-                self.problems.push(format!("{section}.{key} must be more than 0"));
+                self.problems
+                    .push(format!("{section}.{key} must be more than 0"));
                 None
             }
             Err(e) => {
@@ -511,7 +519,8 @@ impl Reader<'_> {
                 return None;
             }
         };
-        let from_file = file.and_then(|f| self.read_secret_file(&format!("{section}.password_file"), &f));
+        let from_file =
+            file.and_then(|f| self.read_secret_file(&format!("{section}.password_file"), &f));
         if let Some(p) = env_password.or(from_file) {
             info.password = Some(p);
         }
@@ -525,12 +534,13 @@ impl Reader<'_> {
                 Some(t) if known_section => {
                     for key in t.keys() {
                         if !KEYS.contains(&(section.as_str(), key.as_str())) {
-                            self.problems
-                                .push(format!("unknown key {section}.{key}"));
+                            self.problems.push(format!("unknown key {section}.{key}"));
                         }
                     }
                 }
-                _ => self.problems.push(format!("unknown section or key {section}")),
+                _ => self
+                    .problems
+                    .push(format!("unknown section or key {section}")),
             }
         }
     }
@@ -539,7 +549,9 @@ impl Reader<'_> {
 /// `"500ms"`, `"5s"`, `"2m"`, `"1h"`; a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: f64 = num
         .parse()
@@ -573,7 +585,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "tb" => 1 << 40,
         _ => return Err(format!("{s:?} has an unknown unit (use kB, MB, GB or TB)")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 #[cfg(test)]
@@ -737,7 +750,10 @@ mod tests {
         env.push(("PGCUTOVER_TARGET_PASSWORD".into(), "p".into()));
         let stripped: String = text
             .lines()
-            .filter(|l| !l.trim_start().starts_with("password_file") && !l.trim_start().starts_with("token_file"))
+            .filter(|l| {
+                !l.trim_start().starts_with("password_file")
+                    && !l.trim_start().starts_with("token_file")
+            })
             .map(|l| format!("{l}\n"))
             .collect();
         Config::from_parts(&stripped, &env, Path::new(".")).unwrap();

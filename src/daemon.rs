@@ -61,9 +61,7 @@ impl Daemon {
     }
 
     pub fn local_addr(&self) -> std::net::SocketAddr {
-        self.listener
-            .local_addr()
-            .unwrap_or(self.cfg.api.listen)
+        self.listener.local_addr().unwrap_or(self.cfg.api.listen)
     }
 
     /// Serve until `shutdown` resolves.

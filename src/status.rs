@@ -179,7 +179,10 @@ impl StatusBoard {
         };
         t.rows += rows;
         t.done_bytes += bytes;
-        t.live.bytes.fetch_sub(bytes.min(t.live.bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
+        t.live.bytes.fetch_sub(
+            bytes.min(t.live.bytes.load(Ordering::Relaxed)),
+            Ordering::Relaxed,
+        );
         t.chunks_done += 1;
         t.snapshot_lsn = Some(lsn);
         if t.chunks_done >= t.chunks {
@@ -218,7 +221,10 @@ impl StatusBoard {
             stage: g.stage,
             slot_lsn: g.slot_lsn,
             tables_total: tables.len(),
-            tables_done: tables.iter().filter(|t| t.state == TableState::Done).count(),
+            tables_done: tables
+                .iter()
+                .filter(|t| t.state == TableState::Done)
+                .count(),
             rows_copied: tables.iter().map(|t| t.rows).sum(),
             bytes_copied: tables.iter().map(|t| t.bytes).sum(),
             tables,

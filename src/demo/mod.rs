@@ -79,9 +79,10 @@ pub async fn setup(listen: &str) -> Result<DemoSetup, DemoError> {
     src.batch_execute(SAMPLE_SQL)
         .await
         .ctx(|| "loading the sample data".into())?;
-    let state = tempfile::Builder::new().prefix("pgcutover-demo-").tempdir().map_err(|e| {
-        ClusterError::Io(e)
-    })?;
+    let state = tempfile::Builder::new()
+        .prefix("pgcutover-demo-")
+        .tempdir()
+        .map_err(ClusterError::Io)?;
     let toml = format!(
         "[source]\nurl = {:?}\n[target]\nurl = {:?}\n[replication]\nmigration_id = \"demo\"\n\
          tables = [\"public.*\"]\n[api]\nlisten = {listen:?}\n[state]\ndir = {:?}\n",

@@ -70,7 +70,10 @@ impl CopyUnit {
                 let cols = if self.columns.is_empty() {
                     String::new()
                 } else {
-                    self.column_list().trim().trim_matches(['(', ')']).to_string()
+                    self.column_list()
+                        .trim()
+                        .trim_matches(['(', ')'])
+                        .to_string()
                 };
                 format!(
                     "COPY (SELECT {cols} FROM ONLY {} WHERE {range}) TO STDOUT (FORMAT {})",
@@ -189,17 +192,16 @@ impl Worker {
             live.bytes.fetch_add(n, Ordering::Relaxed);
         }
         let rows = sink.as_mut().finish().await.ctx(what)? as i64;
-        progress::record_chunk(
-            &tx,
-            &self.migration_id,
-            &unit.name,
-            item.chunk,
-            item.chunks,
-            self.snapshot_lsn,
+        let record = progress::ChunkRecord {
+            migration_id: &self.migration_id,
+            table: &unit.name,
+            chunk: item.chunk,
+            chunks: item.chunks,
+            snapshot_lsn: self.snapshot_lsn,
             rows,
-            bytes as i64,
-        )
-        .await?;
+            bytes: bytes as i64,
+        };
+        progress::record_chunk(&tx, &record).await?;
         tx.commit().await.ctx(what)?;
         Ok((rows, bytes))
     }
@@ -235,7 +237,11 @@ mod tests {
     fn generated_columns_are_left_out_and_names_quoted() {
         let u = CopyUnit::new(
             TableName::new("My Schema", "select"),
-            &[col("id", false, true), col("Total\"x", false, true), col("g", true, true)],
+            &[
+                col("id", false, true),
+                col("Total\"x", false, true),
+                col("g", true, true),
+            ],
             0,
         );
         assert!(u.binary);
@@ -244,7 +250,10 @@ mod tests {
             "COPY \"My Schema\".\"select\" (\"id\", \"Total\"\"x\") TO STDOUT (FORMAT binary)"
         );
         assert_eq!(
-            u.copy_out_sql(&item(Some(BlockRange { start: 0, end: Some(10) }))),
+            u.copy_out_sql(&item(Some(BlockRange {
+                start: 0,
+                end: Some(10)
+            }))),
             "COPY (SELECT \"id\", \"Total\"\"x\" FROM ONLY \"My Schema\".\"select\" WHERE \
              ctid >= '(0,0)'::tid AND ctid < '(10,0)'::tid) TO STDOUT (FORMAT binary)"
         );
@@ -256,7 +265,11 @@ mod tests {
 
     #[test]
     fn one_unsafe_column_makes_the_table_text() {
-        let u = CopyUnit::new(TableName::new("s", "t"), &[col("a", false, true), col("b", false, false)], 0);
+        let u = CopyUnit::new(
+            TableName::new("s", "t"),
+            &[col("a", false, true), col("b", false, false)],
+            0,
+        );
         assert!(!u.binary);
         assert!(u.copy_in_sql(false).ends_with("(FORMAT text)"));
     }
@@ -264,6 +277,9 @@ mod tests {
     #[test]
     fn zero_column_tables_have_no_column_list() {
         let u = CopyUnit::new(TableName::new("s", "t"), &[], 0);
-        assert_eq!(u.copy_in_sql(false), "COPY \"s\".\"t\" FROM STDIN (FORMAT binary)");
+        assert_eq!(
+            u.copy_in_sql(false),
+            "COPY \"s\".\"t\" FROM STDIN (FORMAT binary)"
+        );
     }
 }

@@ -130,7 +130,12 @@ pub async fn run(cfg: &Config, status: Arc<StatusBoard>) -> Result<LoadOutcome, 
             if slot::drop_slot(src, &slot_name).await? {
                 tracing::warn!(slot = %slot_name, "dropped a slot left by an interrupted setup");
             }
-            let roots: Vec<TableName> = facts.selection.roots.iter().map(|t| t.name.clone()).collect();
+            let roots: Vec<TableName> = facts
+                .selection
+                .roots
+                .iter()
+                .map(|t| t.name.clone())
+                .collect();
             slot::create_publication(src, &publication, &roots).await?;
             tracing::info!(%publication, tables = roots.len(), "publication created");
             let snap =
@@ -176,9 +181,8 @@ pub async fn run(cfg: &Config, status: Arc<StatusBoard>) -> Result<LoadOutcome, 
     let copy_schema = cfg.replication.copy_schema;
     let need_pre_data = copy_schema && m.schema_state == SchemaState::None;
     let archive = state_dir.join("schema.dump");
-    let need_dump = copy_schema
-        && m.schema_state != SchemaState::Done
-        && (need_pre_data || !archive.exists());
+    let need_dump =
+        copy_schema && m.schema_state != SchemaState::Done && (need_pre_data || !archive.exists());
     if snapshot.is_none() && (need_pre_data || !pending.is_empty()) {
         let snap = slot::create_slot_with_snapshot(
             &cfg.source,
@@ -271,7 +275,11 @@ pub async fn run(cfg: &Config, status: Arc<StatusBoard>) -> Result<LoadOutcome, 
         )
         .await?;
         progress::set_schema_state(tgt, id.as_str(), SchemaState::Done).await?;
-        tracing::info!(items = n, secs = started.elapsed().as_secs_f64(), "indexes and constraints built");
+        tracing::info!(
+            items = n,
+            secs = started.elapsed().as_secs_f64(),
+            "indexes and constraints built"
+        );
     }
     progress::set_stage(tgt, id.as_str(), "loaded").await?;
     let tables = progress::loaded_tables(tgt, id.as_str()).await?;
@@ -295,7 +303,8 @@ async fn copy_all(
     let stop = Arc::new(AtomicBool::new(false));
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..workers {
-        let (queue, units, stop, status) = (queue.clone(), units.clone(), stop.clone(), status.clone());
+        let (queue, units, stop, status) =
+            (queue.clone(), units.clone(), stop.clone(), status.clone());
         let (source, target) = (cfg.source.clone(), cfg.target.clone());
         let (name, lsn) = (snapshot.name.clone(), snapshot.lsn);
         let id = cfg.replication.migration_id.as_str().to_string();

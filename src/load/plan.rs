@@ -97,7 +97,7 @@ pub fn plan(tables: &[(TableName, u64)], o: &PlanOptions) -> Vec<WorkItem> {
         }
     }
     // Largest first; stable, so chunks of one table stay in order among equals.
-    items.sort_by(|a, b| b.est_bytes.cmp(&a.est_bytes));
+    items.sort_by_key(|i| std::cmp::Reverse(i.est_bytes));
     items
 }
 
@@ -119,7 +119,10 @@ mod tests {
     #[test]
     fn small_tables_are_whole_and_largest_go_first() {
         let t = |n: &str, b| (TableName::new("public", n), b);
-        let items = plan(&[t("a", 10 * MB), t("b", 300 * MB), t("c", 0)], &opts(4, 1024 * MB));
+        let items = plan(
+            &[t("a", 10 * MB), t("b", 300 * MB), t("c", 0)],
+            &opts(4, 1024 * MB),
+        );
         let names: Vec<_> = items.iter().map(|i| i.name.name.as_str()).collect();
         assert_eq!(names, ["b", "a", "c"]);
         assert!(items.iter().all(WorkItem::whole_table));
@@ -136,7 +139,11 @@ mod tests {
         for w in ranges.windows(2) {
             assert_eq!(w[0].end, Some(w[1].start), "gap or overlap");
         }
-        assert_eq!(ranges.last().unwrap().end, None, "last range must be open-ended");
+        assert_eq!(
+            ranges.last().unwrap().end,
+            None,
+            "last range must be open-ended"
+        );
         assert!(items.iter().all(|i| i.chunks == 3));
     }
 
@@ -156,9 +163,18 @@ mod tests {
 
     #[test]
     fn range_sql() {
-        let r = BlockRange { start: 5, end: Some(9) };
-        assert_eq!(r.to_string(), "ctid >= '(5,0)'::tid AND ctid < '(9,0)'::tid");
-        let r = BlockRange { start: 9, end: None };
+        let r = BlockRange {
+            start: 5,
+            end: Some(9),
+        };
+        assert_eq!(
+            r.to_string(),
+            "ctid >= '(5,0)'::tid AND ctid < '(9,0)'::tid"
+        );
+        let r = BlockRange {
+            start: 9,
+            end: None,
+        };
         assert_eq!(r.to_string(), "ctid >= '(9,0)'::tid");
     }
 }

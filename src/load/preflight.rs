@@ -106,8 +106,7 @@ pub async fn check(cfg: &Config) -> Result<Facts, PreflightError> {
     let resuming = resume.as_ref().is_some_and(|m| m.slot_lsn.is_some());
 
     let all = catalog::list_tables(&src).await?;
-    let selection = match catalog::select(&all, &cfg.replication.tables, &cfg.replication.exclude)
-    {
+    let selection = match catalog::select(&all, &cfg.replication.tables, &cfg.replication.exclude) {
         Ok(s) => s,
         Err(list) => {
             for p in list {
@@ -130,32 +129,31 @@ pub async fn check(cfg: &Config) -> Result<Facts, PreflightError> {
 
     let oids: Vec<u32> = selection.units.iter().map(|t| t.oid).collect();
     let mut columns = catalog::columns(&src, &oids).await?;
+    let src_cols: BTreeMap<TableName, Vec<Column>> = selection
+        .units
+        .iter()
+        .map(|t| (t.name.clone(), columns.remove(&t.oid).unwrap_or_default()))
+        .collect();
     let mut units: Vec<CopyUnit> = selection
         .units
         .iter()
-        .map(|t| {
-            let cols = columns.remove(&t.oid).unwrap_or_default();
-            CopyUnit::new(t.name.clone(), &cols, t.bytes.max(0) as u64)
-        })
+        .map(|t| CopyUnit::new(t.name.clone(), &src_cols[&t.name], t.bytes.max(0) as u64))
         .collect();
-    let src_cols: BTreeMap<TableName, Vec<Column>> = {
-        let mut again = catalog::columns(&src, &oids).await?;
-        selection
-            .units
-            .iter()
-            .map(|t| (t.name.clone(), again.remove(&t.oid).unwrap_or_default()))
-            .collect()
-    };
 
     check_target_database(&tgt, &mut problems).await?;
-    let schema_state = resume.as_ref().map_or(SchemaState::None, |m| m.schema_state);
+    let schema_state = resume
+        .as_ref()
+        .map_or(SchemaState::None, |m| m.schema_state);
     let unit_names: Vec<TableName> = units.iter().map(|u| u.name.clone()).collect();
     let root_names: Vec<TableName> = selection.roots.iter().map(|t| t.name.clone()).collect();
     if cfg.replication.copy_schema && schema_state == SchemaState::None {
         let present = catalog::columns_by_name(&tgt, &root_names).await?;
         if !present.is_empty() {
             problems.push(problem(
-                format!("the target already has table(s) {}", some_names(present.keys())),
+                format!(
+                    "the target already has table(s) {}",
+                    some_names(present.keys())
+                ),
                 "copy_schema = true creates the tables itself: drop them on the target, or set \
                  copy_schema = false to load into the existing tables",
             ));
@@ -165,7 +163,10 @@ pub async fn check(cfg: &Config) -> Result<Facts, PreflightError> {
         for name in &unit_names {
             match on_target.get(name) {
                 None => problems.push(problem(
-                    format!("table {} does not exist on the target", name.display_plain()),
+                    format!(
+                        "table {} does not exist on the target",
+                        name.display_plain()
+                    ),
                     "create it on the target, or set copy_schema = true",
                 )),
                 Some((_, tcols)) => {
@@ -437,7 +438,11 @@ mod tests {
 
     #[test]
     fn differences_are_precise() {
-        let src = [col("id", "integer"), col("name", "text"), col("gone", "date")];
+        let src = [
+            col("id", "integer"),
+            col("name", "text"),
+            col("gone", "date"),
+        ];
         let mut gen_col = col("name", "text");
         gen_col.generated = true;
         let tgt = [col("id", "bigint"), gen_col, col("extra", "text")];
@@ -456,7 +461,12 @@ mod tests {
 
     #[test]
     fn long_name_lists_are_shortened() {
-        let names: Vec<TableName> = (0..8).map(|i| TableName::new("s", format!("t{i}"))).collect();
-        assert_eq!(some_names(names.iter()), "s.t0, s.t1, s.t2, s.t3, s.t4 and 3 more");
+        let names: Vec<TableName> = (0..8)
+            .map(|i| TableName::new("s", format!("t{i}")))
+            .collect();
+        assert_eq!(
+            some_names(names.iter()),
+            "s.t0, s.t1, s.t2, s.t3, s.t4 and 3 more"
+        );
     }
 }

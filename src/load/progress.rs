@@ -48,10 +48,7 @@ pub struct MigrationRow {
 /// Does the target already hold pgcutover's bookkeeping (read-only check)?
 pub async fn read_migration(client: &Client, id: &str) -> Result<Option<MigrationRow>, SqlError> {
     let exists: bool = client
-        .query_one(
-            "SELECT to_regclass('pgcutover.migration') IS NOT NULL",
-            &[],
-        )
+        .query_one("SELECT to_regclass('pgcutover.migration') IS NOT NULL", &[])
         .await
         .ctx(|| "looking for pgcutover's state on the target".into())?
         .get(0);
@@ -202,33 +199,39 @@ pub async fn forget_table(client: &Client, id: &str, table: &TableName) -> Resul
     Ok(())
 }
 
+/// A copied chunk, as recorded.
+#[derive(Clone, Debug)]
+pub struct ChunkRecord<'a> {
+    pub migration_id: &'a str,
+    pub table: &'a TableName,
+    pub chunk: i32,
+    pub chunks: i32,
+    pub snapshot_lsn: Lsn,
+    pub rows: i64,
+    pub bytes: i64,
+}
+
 /// Record a copied chunk; call inside the chunk's transaction.
 pub async fn record_chunk(
     tx: &tokio_postgres::Transaction<'_>,
-    id: &str,
-    table: &TableName,
-    chunk: i32,
-    chunks: i32,
-    snapshot_lsn: Lsn,
-    rows: i64,
-    bytes: i64,
+    c: &ChunkRecord<'_>,
 ) -> Result<(), SqlError> {
     tx.execute(
         "INSERT INTO pgcutover.load_progress
              (migration_id, schema_name, table_name, chunk, chunks, snapshot_lsn, rows, bytes)
          VALUES ($1, $2, $3, $4, $5, $6::text::pg_lsn, $7, $8)",
         &[
-            &id,
-            &table.schema,
-            &table.name,
-            &chunk,
-            &chunks,
-            &snapshot_lsn.to_string(),
-            &rows,
-            &bytes,
+            &c.migration_id,
+            &c.table.schema,
+            &c.table.name,
+            &c.chunk,
+            &c.chunks,
+            &c.snapshot_lsn.to_string(),
+            &c.rows,
+            &c.bytes,
         ],
     )
     .await
-    .ctx(|| format!("recording progress of {}", table.display_plain()))?;
+    .ctx(|| format!("recording progress of {}", c.table.display_plain()))?;
     Ok(())
 }

@@ -92,7 +92,9 @@ async fn run(step: &str, mut cmd: Command) -> Result<String, SchemaError> {
         let tail: String = {
             let s = stderr.trim();
             let start = s.len().saturating_sub(2000);
-            let start = (start..s.len()).find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+            let start = (start..s.len())
+                .find(|&i| s.is_char_boundary(i))
+                .unwrap_or(0);
             s[start..].to_string()
         };
         return Err(SchemaError::Failed {
@@ -159,9 +161,14 @@ pub async fn apply_pre_data(
 ) -> Result<(), SchemaError> {
     let script = archive.with_extension("pre-data.sql");
     let mut cmd = Command::new(&tools.pg_restore);
-    cmd.args(["--section=pre-data", "--no-owner", "--no-privileges", "--file"])
-        .arg(&script)
-        .arg(archive);
+    cmd.args([
+        "--section=pre-data",
+        "--no-owner",
+        "--no-privileges",
+        "--file",
+    ])
+    .arg(&script)
+    .arg(archive);
     run("pg_restore --section=pre-data", cmd).await?;
     let io = |source| SchemaError::Io {
         step: "writing the pre-data script".into(),
@@ -173,10 +180,21 @@ pub async fn apply_pre_data(
     text.push('\n');
     tokio::fs::write(&script, text).await.map_err(io)?;
     let mut cmd = Command::new(&tools.psql);
-    cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction", "-f"])
-        .arg(&script)
-        .arg(format!("--dbname={}", target.libpq_conninfo()));
-    run("creating the schema on the target (psql)", with_conn(cmd, target)).await?;
+    cmd.args([
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "--single-transaction",
+        "-f",
+    ])
+    .arg(&script)
+    .arg(format!("--dbname={}", target.libpq_conninfo()));
+    run(
+        "creating the schema on the target (psql)",
+        with_conn(cmd, target),
+    )
+    .await?;
     Ok(())
 }
 
@@ -216,7 +234,11 @@ async fn existing_on_target(
     const PG_CONSTRAINT: u32 = 2606;
     const PG_TRIGGER: u32 = 2620;
     let oids = |cat: u32| -> Vec<u32> {
-        items.iter().filter(|i| i.catalog == cat).map(|i| i.oid).collect()
+        items
+            .iter()
+            .filter(|i| i.catalog == cat)
+            .map(|i| i.oid)
+            .collect()
     };
     let mut out = HashSet::new();
     let checks = [
@@ -286,7 +308,10 @@ pub async fn apply_post_data(
     let list = run("pg_restore --list", cmd).await?;
     let items = parse_toc(&list);
     let existing = existing_on_target(source, target_client, &items).await?;
-    let todo: Vec<&TocItem> = items.iter().filter(|i| !existing.contains(&i.oid)).collect();
+    let todo: Vec<&TocItem> = items
+        .iter()
+        .filter(|i| !existing.contains(&i.oid))
+        .collect();
     if todo.is_empty() {
         return Ok(0);
     }

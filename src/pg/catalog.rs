@@ -85,7 +85,9 @@ pub async fn list_tables(client: &Client) -> Result<Vec<SourceTable>, SqlError> 
                 name: TableName::new(r.get::<_, String>("schema"), r.get::<_, String>("name")),
                 relkind: ch(r.get("relkind")),
                 is_partition: r.get("is_partition"),
-                root: root_schema.zip(root_name).map(|(s, n)| TableName::new(s, n)),
+                root: root_schema
+                    .zip(root_name)
+                    .map(|(s, n)| TableName::new(s, n)),
                 persistence: ch(r.get("persistence")),
                 replident: ch(r.get("replident")),
                 has_pk: r.get("has_pk"),
@@ -99,10 +101,7 @@ pub async fn list_tables(client: &Client) -> Result<Vec<SourceTable>, SqlError> 
 }
 
 /// Columns of each table, by oid, in attribute order.
-pub async fn columns(
-    client: &Client,
-    oids: &[u32],
-) -> Result<HashMap<u32, Vec<Column>>, SqlError> {
+pub async fn columns(client: &Client, oids: &[u32]) -> Result<HashMap<u32, Vec<Column>>, SqlError> {
     let rows = client
         .query(include_str!("sql/columns.sql"), &[&oids])
         .await
@@ -141,7 +140,12 @@ pub async fn columns_by_name(
         .ctx(|| "looking up tables".into())?;
     let found: Vec<(u32, TableName)> = rows
         .iter()
-        .map(|r| (r.get(0), TableName::new(r.get::<_, String>(1), r.get::<_, String>(2))))
+        .map(|r| {
+            (
+                r.get(0),
+                TableName::new(r.get::<_, String>(1), r.get::<_, String>(2)),
+            )
+        })
         .collect();
     let oids: Vec<u32> = found.iter().map(|(o, _)| *o).collect();
     let mut cols = columns(client, &oids).await?;
@@ -220,7 +224,9 @@ mod tests {
     }
 
     fn pats(list: &[&str]) -> Vec<TablePattern> {
-        list.iter().map(|p| TablePattern::parse(p).unwrap()).collect()
+        list.iter()
+            .map(|p| TablePattern::parse(p).unwrap())
+            .collect()
     }
 
     #[test]
@@ -254,7 +260,11 @@ mod tests {
         let mut t = table("public", "t", 'r', None);
         assert!(t.replica_identity_problem().is_none());
         t.has_pk = false;
-        assert!(t.replica_identity_problem().unwrap().contains("no primary key"));
+        assert!(
+            t.replica_identity_problem()
+                .unwrap()
+                .contains("no primary key")
+        );
         t.replident = 'f';
         assert!(t.replica_identity_problem().is_none());
         t.replident = 'n';

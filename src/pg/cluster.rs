@@ -43,21 +43,12 @@ impl ClusterError {
 }
 
 /// How to make a cluster.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct ClusterOptions {
     /// Extra `postgresql.conf` settings, appended last.
     pub settings: Vec<(String, String)>,
     /// `false` turns fsync off: fine for tests, wrong for benchmarks.
     pub durable: bool,
-}
-
-impl Default for ClusterOptions {
-    fn default() -> Self {
-        ClusterOptions {
-            settings: Vec::new(),
-            durable: false,
-        }
-    }
 }
 
 pub struct TempCluster {
@@ -124,8 +115,14 @@ impl TempCluster {
             ("max_replication_slots", "20".into()),
             ("max_connections", "100".into()),
             ("fsync", if options.durable { "on" } else { "off" }.into()),
-            ("synchronous_commit", if options.durable { "on" } else { "off" }.into()),
-            ("full_page_writes", if options.durable { "on" } else { "off" }.into()),
+            (
+                "synchronous_commit",
+                if options.durable { "on" } else { "off" }.into(),
+            ),
+            (
+                "full_page_writes",
+                if options.durable { "on" } else { "off" }.into(),
+            ),
             ("logging_collector", "off".into()),
             ("log_min_messages", "warning".into()),
         ];
@@ -223,7 +220,10 @@ impl TempCluster {
 
     /// A URL without the password (pass it separately, as in production).
     pub fn url(&self, dbname: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{dbname}?sslmode=disable", self.port)
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{dbname}?sslmode=disable",
+            self.port
+        )
     }
 
     /// Connection settings for the superuser, password included.
@@ -246,7 +246,16 @@ impl TempCluster {
         let data = self.dir.path().join("data");
         let _ = self
             .command("pg_ctl")
-            .args(["-D", &data.to_string_lossy(), "-m", "immediate", "-w", "-t", "30", "stop"])
+            .args([
+                "-D",
+                &data.to_string_lossy(),
+                "-m",
+                "immediate",
+                "-w",
+                "-t",
+                "30",
+                "stop",
+            ])
             .output();
     }
 }
@@ -264,7 +273,9 @@ fn free_port() -> std::io::Result<u16> {
 
 fn tail(s: &str, n: usize) -> &str {
     let start = s.len().saturating_sub(n);
-    let start = (start..s.len()).find(|&i| s.is_char_boundary(i)).unwrap_or(s.len());
+    let start = (start..s.len())
+        .find(|&i| s.is_char_boundary(i))
+        .unwrap_or(s.len());
     &s[start..]
 }
 

@@ -92,11 +92,12 @@ impl ConnError {
                 } else if text.contains("no pg_hba.conf entry") {
                     "allow this host in the server's pg_hba.conf".into()
                 } else {
-                    "check that the server is up and that host and port in the url are right"
-                        .into()
+                    "check that the server is up and that host and port in the url are right".into()
                 }
             }
-            ConnError::Setup { .. } => "the server refused a session setting; check its logs".into(),
+            ConnError::Setup { .. } => {
+                "the server refused a session setting; check its logs".into()
+            }
             ConnError::TlsUnsupported { .. } => {
                 "connect with sslmode=disable or prefer for now (TLS support is on the roadmap)"
                     .into()
@@ -247,8 +248,8 @@ mod tests {
 
     #[test]
     fn parses_urls_and_hides_the_password() {
-        let c = ConnInfo::parse("postgres://app:s3cret@db.example:6543/shop?sslmode=disable")
-            .unwrap();
+        let c =
+            ConnInfo::parse("postgres://app:s3cret@db.example:6543/shop?sslmode=disable").unwrap();
         assert_eq!(c.host, "db.example");
         assert_eq!(c.port, 6543);
         assert_eq!(c.user, "app");
@@ -271,6 +272,9 @@ mod tests {
     #[test]
     fn conninfo_quotes_values() {
         let c = ConnInfo::parse("host=h user='o\\'brien' dbname='my db'").unwrap();
-        assert!(c.libpq_conninfo().contains("user='o\\'brien' dbname='my db'"));
+        assert!(
+            c.libpq_conninfo()
+                .contains("user='o\\'brien' dbname='my db'")
+        );
     }
 }

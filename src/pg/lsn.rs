@@ -76,12 +76,26 @@ mod tests {
             assert_eq!(lsn.to_string(), text);
         }
         // PostgreSQL accepts lower case and leading zeros.
-        assert_eq!("0000000a/0000000b".parse::<Lsn>().unwrap(), Lsn((10 << 32) | 11));
+        assert_eq!(
+            "0000000a/0000000b".parse::<Lsn>().unwrap(),
+            Lsn((10 << 32) | 11)
+        );
     }
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "/", "0/", "/0", "12", "G/0", "0/1/2", "123456789/0", "-1/0", " 0/1"] {
+        for bad in [
+            "",
+            "/",
+            "0/",
+            "/0",
+            "12",
+            "G/0",
+            "0/1/2",
+            "123456789/0",
+            "-1/0",
+            " 0/1",
+        ] {
             assert!(bad.parse::<Lsn>().is_err(), "{bad:?} was accepted");
         }
     }
@@ -90,7 +104,10 @@ mod tests {
     fn serialises_as_text() {
         let json = serde_json::to_string(&Lsn(0x1_0000_00FF)).unwrap();
         assert_eq!(json, "\"1/FF\"");
-        assert_eq!(serde_json::from_str::<Lsn>(&json).unwrap(), Lsn(0x1_0000_00FF));
+        assert_eq!(
+            serde_json::from_str::<Lsn>(&json).unwrap(),
+            Lsn(0x1_0000_00FF)
+        );
         assert!(serde_json::from_str::<Lsn>("\"nope\"").is_err());
     }
 

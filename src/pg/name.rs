@@ -43,7 +43,12 @@ impl TableName {
 /// Quoted and qualified, ready for SQL: `"public"."Order Items"`.
 impl fmt::Display for TableName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+        write!(
+            f,
+            "{}.{}",
+            quote_ident(&self.schema),
+            quote_ident(&self.name)
+        )
     }
 }
 
@@ -165,7 +170,11 @@ mod tests {
         assert!(p.matches(&t("x", "audit_log")));
         assert!(!p.matches(&t("x", "audit_logs")));
         // Case is exact, like quoted identifiers.
-        assert!(!TablePattern::parse("public.Orders").unwrap().matches(&t("public", "orders")));
+        assert!(
+            !TablePattern::parse("public.Orders")
+                .unwrap()
+                .matches(&t("public", "orders"))
+        );
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub fn candidate_dirs(explicit: Option<&Path>) -> Vec<PathBuf> {
                 Some((v, e.path().join("bin")))
             })
             .collect();
-        versions.sort_by(|a, b| b.0.cmp(&a.0));
+        versions.sort_by_key(|v| std::cmp::Reverse(v.0));
         dirs.extend(versions.into_iter().map(|(_, p)| p));
     }
     if let Some(path) = std::env::var_os("PATH") {
@@ -71,13 +71,19 @@ pub fn candidate_dirs(explicit: Option<&Path>) -> Vec<PathBuf> {
 pub fn tool_major(path: &Path) -> Option<(u32, String)> {
     let out = Command::new(path).arg("--version").output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let version = text.split_whitespace().find(|w| w.starts_with(|c: char| c.is_ascii_digit()))?;
+    let version = text
+        .split_whitespace()
+        .find(|w| w.starts_with(|c: char| c.is_ascii_digit()))?;
     let major = version.split(['.', 'b', 'r']).next()?.parse().ok()?;
     Some((major, text))
 }
 
 /// The first `tool` whose major version is at least `min_major` (0: any).
-pub fn find_tool(tool: &str, explicit: Option<&Path>, min_major: u32) -> Result<PathBuf, ToolError> {
+pub fn find_tool(
+    tool: &str,
+    explicit: Option<&Path>,
+    min_major: u32,
+) -> Result<PathBuf, ToolError> {
     let dirs = candidate_dirs(explicit);
     let mut too_old: Option<String> = None;
     for dir in &dirs {
@@ -118,7 +124,10 @@ mod tests {
     #[test]
     fn missing_tool_is_named() {
         let err = find_tool("pg_surely_not_a_tool", None, 0).unwrap_err();
-        assert!(err.to_string().contains("pg_surely_not_a_tool was not found"));
+        assert!(
+            err.to_string()
+                .contains("pg_surely_not_a_tool was not found")
+        );
         assert!(err.hint().contains("pg_bin_dir"));
     }
 
