@@ -60,13 +60,16 @@ impl fmt::Display for ConnInfo {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
-    #[error("cannot reach {target}: {source}")]
+    #[error("cannot connect to {target}: {}", crate::pg::error_text(source))]
     Connect {
         target: String,
         #[source]
         source: tokio_postgres::Error,
     },
-    #[error("cannot set up a session on {target}: {source}")]
+    #[error(
+        "cannot set up a session on {target}: {}",
+        crate::pg::error_text(source)
+    )]
     Setup {
         target: String,
         #[source]

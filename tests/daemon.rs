@@ -1,0 +1,99 @@
+//! The daemon's HTTP API on a real listener.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use pgcutover::daemon::Daemon;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap();
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (
+        code,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_health_and_status_through_the_load() {
+    let pair = Pair::start().await;
+    pair.src()
+        .await
+        .batch_execute(
+            "CREATE TABLE a (id int PRIMARY KEY, v text);
+             INSERT INTO a SELECT g, md5(g::text) FROM generate_series(1, 20000) g;",
+        )
+        .await
+        .unwrap();
+    let daemon = Daemon::bind(pair.config("")).await.unwrap();
+    let addr = daemon.local_addr();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(daemon.run(async {
+        let _ = stop_rx.await;
+    }));
+
+    let (code, body) = get(addr, "/healthz").await;
+    assert_eq!((code, body["status"].as_str()), (200, Some("ok")));
+    wait_for(Duration::from_secs(60), "status to say loaded", || async {
+        get(addr, "/status").await.1["stage"] == "loaded"
+    })
+    .await;
+    let (_, status) = get(addr, "/status").await;
+    assert_eq!(status["engine"], "native");
+    assert_eq!(status["tables_done"], 1);
+    assert_eq!(status["rows_copied"], 20000);
+    assert_eq!(status["tables"][0]["table"], "public.a");
+    assert!(status["slot_lsn"].as_str().unwrap().contains('/'));
+
+    let (code, body) = get(addr, "/nope").await;
+    assert_eq!(code, 404);
+    assert!(body["error"].as_str().unwrap().contains("/nope"));
+    assert!(body["hint"].is_string());
+
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_load_is_reported_in_status_with_its_hint() {
+    let pair = Pair::start().await;
+    pair.src()
+        .await
+        .batch_execute("CREATE TABLE keyless (a int)")
+        .await
+        .unwrap();
+    let daemon = Daemon::bind(pair.config("")).await.unwrap();
+    let addr = daemon.local_addr();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(daemon.run(async {
+        let _ = stop_rx.await;
+    }));
+    wait_for(Duration::from_secs(60), "status to say failed", || async {
+        get(addr, "/status").await.1["stage"] == "failed"
+    })
+    .await;
+    let (_, status) = get(addr, "/status").await;
+    assert!(
+        status["error"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("public.keyless")
+    );
+    assert!(
+        status["error"]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("REPLICA IDENTITY FULL")
+    );
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
