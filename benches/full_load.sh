@@ -24,6 +24,8 @@ bench_init
 start_cluster src "$SRC_PORT"
 start_cluster dst "$DST_PORT"
 load_dataset
+# pgbench_history has no key: like any user, give it a replica identity so CDC can carry it.
+src -c "ALTER TABLE pgbench_history REPLICA IDENTITY FULL" >/dev/null
 ROWS=$(count_rows src); SRC_FP=$(fingerprint src)
 note "jobs=$JOBS pgcutover=$("$PGCUTOVER" --version)"
 "$PGBIN/pg_dump" -h "$SOCK" -p "$SRC_PORT" --schema-only --section=pre-data  "$DBNAME" > "$BENCH_TMP/pre.sql"
@@ -85,9 +87,13 @@ TOML
   t0=$(now)
   "$PGCUTOVER" serve --config "$cfg" > "$BENCH_TMP/logs/pgcutover-$rep.log" 2>&1 &
   pid=$!
-  loaded() { [ "$(dstq "SELECT stage FROM pgcutover.migration" 2>/dev/null)" = loaded ]; }
+  loaded() {
+    grep -q "migration stopped" "$BENCH_TMP/logs/pgcutover-$rep.log" && return 0
+    [ "$(dstq "SELECT stage FROM pgcutover.migration" 2>/dev/null)" = loaded ]
+  }
   wait_until "$TIMEOUT" 0.05 loaded || { tail -20 "$BENCH_TMP/logs/pgcutover-$rep.log" >&2; die "pgcutover did not finish"; }
   t1=$(now)
+  grep -q "migration stopped" "$BENCH_TMP/logs/pgcutover-$rep.log" && { tail -5 "$BENCH_TMP/logs/pgcutover-$rep.log" >&2; die "pgcutover failed"; }
   peak=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
   kill -TERM "$pid"; wait "$pid" || true
   check_target pgcutover

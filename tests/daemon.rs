@@ -23,6 +23,25 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value)
     )
 }
 
+type Server = tokio::task::JoinHandle<Result<(), pgcutover::daemon::DaemonError>>;
+
+/// A daemon on a free port of 127.0.0.1, stopped by sending on the returned channel.
+async fn start_daemon(
+    pair: &Pair,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    Server,
+) {
+    let daemon = Daemon::bind(pair.config("")).await.unwrap();
+    let addr = daemon.local_addr();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(daemon.run(async {
+        let _ = stop_rx.await;
+    }));
+    (addr, stop_tx, server)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_health_and_status_through_the_load() {
     let pair = Pair::start().await;
@@ -34,12 +53,7 @@ async fn serves_health_and_status_through_the_load() {
         )
         .await
         .unwrap();
-    let daemon = Daemon::bind(pair.config("")).await.unwrap();
-    let addr = daemon.local_addr();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(daemon.run(async {
-        let _ = stop_rx.await;
-    }));
+    let (addr, stop_tx, server) = start_daemon(&pair).await;
 
     let (code, body) = get(addr, "/healthz").await;
     assert_eq!((code, body["status"].as_str()), (200, Some("ok")));
@@ -71,12 +85,7 @@ async fn a_failed_load_is_reported_in_status_with_its_hint() {
         .batch_execute("CREATE TABLE keyless (a int)")
         .await
         .unwrap();
-    let daemon = Daemon::bind(pair.config("")).await.unwrap();
-    let addr = daemon.local_addr();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(daemon.run(async {
-        let _ = stop_rx.await;
-    }));
+    let (addr, stop_tx, server) = start_daemon(&pair).await;
     wait_for(Duration::from_secs(60), "status to say failed", || async {
         get(addr, "/status").await.1["stage"] == "failed"
     })
