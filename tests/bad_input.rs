@@ -75,6 +75,16 @@ async fn bad_inputs_are_refused_before_any_change() {
     let text = refused(&pair, cfg, "may not use replication").await;
     assert!(text.contains("does not own"), "{text}");
 
+    // A target role that may not create anything.
+    pair.tgt()
+        .await
+        .batch_execute("CREATE ROLE tweak LOGIN PASSWORD 'tweak-password-123'")
+        .await
+        .unwrap();
+    let mut cfg = pair.config("");
+    cfg.target = pair.target.conn_as("app", "tweak", "tweak-password-123");
+    refused(&pair, cfg, "the target role may not create schemas").await;
+
     // A table without a usable replica identity.
     pair.src()
         .await
@@ -137,6 +147,7 @@ async fn wal_level_and_slot_limits_are_checked() {
         settings: vec![
             ("wal_level".into(), "replica".into()),
             ("max_replication_slots".into(), "0".into()),
+            ("max_wal_senders".into(), "0".into()),
         ],
         durable: false,
     };
@@ -148,6 +159,7 @@ async fn wal_level_and_slot_limits_are_checked() {
         .unwrap();
     let text = refused(&pair, pair.config(""), "wal_level = replica").await;
     assert!(text.contains("no free replication slot"), "{text}");
+    assert!(text.contains("no free WAL sender"), "{text}");
 }
 
 #[test]
