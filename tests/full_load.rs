@@ -225,3 +225,62 @@ async fn sigkill_mid_load_resumes_without_recopying_finished_tables() {
     // One permanent slot; the temporary resume slot went away with its session.
     assert_eq!(slot_count(&src).await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_post_data_restores_only_what_is_missing() {
+    let pair = Pair::start().await;
+    pair.src()
+        .await
+        .batch_execute(
+            "CREATE TABLE parent (id int PRIMARY KEY, name text);
+             CREATE TABLE child (id int PRIMARY KEY, parent_id int REFERENCES parent, v text);
+             CREATE INDEX child_v_idx ON child (v);
+             CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+             CREATE TRIGGER child_touch BEFORE UPDATE ON child FOR EACH ROW EXECUTE FUNCTION touch();
+             INSERT INTO parent SELECT g, 'p' || g FROM generate_series(1, 1000) g;
+             INSERT INTO child SELECT g, g % 1000 + 1, md5(g::text) FROM generate_series(1, 5000) g;",
+        )
+        .await
+        .unwrap();
+    let cfg = pair.config("");
+    load::run(&cfg, StatusBoard::new("native", "t"))
+        .await
+        .expect("first load");
+    let tgt = pair.tgt().await;
+    let before = digests(&tgt).await;
+    // As if the daemon died in the middle of post-data: one index and the foreign key built,
+    // the rest not.
+    tgt.batch_execute(
+        "DROP INDEX child_v_idx; ALTER TABLE child DROP CONSTRAINT child_parent_id_fkey;
+         UPDATE pgcutover.migration SET schema_state = 'pre_data', stage = 'post_data'",
+    )
+    .await
+    .unwrap();
+    load::run(&cfg, StatusBoard::new("native", "t"))
+        .await
+        .expect("resumed post-data");
+    for (sql, what) in [
+        (
+            "SELECT count(*) FROM pg_indexes WHERE indexname = 'child_v_idx'",
+            "index",
+        ),
+        (
+            "SELECT count(*) FROM pg_constraint WHERE conname = 'child_parent_id_fkey'",
+            "foreign key",
+        ),
+        (
+            "SELECT count(*) FROM pg_trigger WHERE tgname = 'child_touch'",
+            "trigger",
+        ),
+        (
+            "SELECT count(*) FROM pg_constraint WHERE conname = 'child_pkey'",
+            "primary key",
+        ),
+    ] {
+        let n: i64 = tgt.query_one(sql, &[]).await.unwrap().get(0);
+        assert_eq!(n, 1, "{what} not restored exactly once");
+    }
+    // No row was copied again and the data is unchanged.
+    assert_eq!(digests(&tgt).await, before);
+    assert_eq!(before, digests(&pair.src().await).await);
+}
