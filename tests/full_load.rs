@@ -40,20 +40,19 @@ async fn loads_every_type_exactly_with_split_tables() {
             .values()
             .all(|t| t.snapshot_lsn == outcome.slot_lsn)
     );
-    let split: i64 = tgt
-        .query_one(
-            "SELECT count(*) FROM pgcutover.load_progress WHERE chunks > 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let split = scalar(
+        &tgt,
+        "SELECT count(*) FROM pgcutover.load_progress WHERE chunks > 1",
+    )
+    .await;
     assert!(split >= 2, "no table was split");
     let view = status.view();
     assert_eq!(view.tables_done, view.tables_total);
 
     // Post-data: indexes, primary keys and the foreign key exist on the target.
-    for (sql, what) in [
+    assert_one_each(
+        &tgt,
+        &[
         (
             "SELECT count(*) FROM pg_indexes WHERE indexname = 'big_payload_prefix'",
             "expression index",
@@ -66,19 +65,15 @@ async fn loads_every_type_exactly_with_split_tables() {
             "SELECT count(*) FROM pg_constraint WHERE contype = 'p' AND conrelid = '\"Mixed Case\".\"Order\"'::regclass",
             "primary key",
         ),
-    ] {
-        let n: i64 = tgt.query_one(sql, &[]).await.unwrap().get(0);
-        assert_eq!(n, 1, "{what} missing on the target");
-    }
+        ],
+    )
+    .await;
     // Generated columns are computed by the target and match.
-    let bad: i64 = tgt
-        .query_one(
-            "SELECT count(*) FROM line_items WHERE total IS DISTINCT FROM qty * price",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let bad = scalar(
+        &tgt,
+        "SELECT count(*) FROM line_items WHERE total IS DISTINCT FROM qty * price",
+    )
+    .await;
     assert_eq!(bad, 0);
     // The slot and the publication exist on the source.
     assert_eq!(slot_count(&src).await, 1);
@@ -259,27 +254,28 @@ async fn an_interrupted_post_data_restores_only_what_is_missing() {
     load::run(&cfg, StatusBoard::new("native", "t"))
         .await
         .expect("resumed post-data");
-    for (sql, what) in [
-        (
-            "SELECT count(*) FROM pg_indexes WHERE indexname = 'child_v_idx'",
-            "index",
-        ),
-        (
-            "SELECT count(*) FROM pg_constraint WHERE conname = 'child_parent_id_fkey'",
-            "foreign key",
-        ),
-        (
-            "SELECT count(*) FROM pg_trigger WHERE tgname = 'child_touch'",
-            "trigger",
-        ),
-        (
-            "SELECT count(*) FROM pg_constraint WHERE conname = 'child_pkey'",
-            "primary key",
-        ),
-    ] {
-        let n: i64 = tgt.query_one(sql, &[]).await.unwrap().get(0);
-        assert_eq!(n, 1, "{what} not restored exactly once");
-    }
+    assert_one_each(
+        &tgt,
+        &[
+            (
+                "SELECT count(*) FROM pg_indexes WHERE indexname = 'child_v_idx'",
+                "index",
+            ),
+            (
+                "SELECT count(*) FROM pg_constraint WHERE conname = 'child_parent_id_fkey'",
+                "foreign key",
+            ),
+            (
+                "SELECT count(*) FROM pg_trigger WHERE tgname = 'child_touch'",
+                "trigger",
+            ),
+            (
+                "SELECT count(*) FROM pg_constraint WHERE conname = 'child_pkey'",
+                "primary key",
+            ),
+        ],
+    )
+    .await;
     // No row was copied again and the data is unchanged.
     assert_eq!(digests(&tgt).await, before);
     assert_eq!(before, digests(&pair.src().await).await);

@@ -134,6 +134,18 @@ where
     panic!("timed out after {limit:?} waiting for {what}");
 }
 
+/// The single bigint a query returns.
+pub async fn scalar(c: &Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// Assert each `(query, what)` counts exactly one object.
+pub async fn assert_one_each(c: &Client, checks: &[(&str, &str)]) {
+    for (sql, what) in checks {
+        assert_eq!(scalar(c, sql).await, 1, "{what}: expected exactly one");
+    }
+}
+
 pub async fn slot_count(c: &Client) -> i64 {
     c.query_one("SELECT count(*) FROM pg_replication_slots", &[])
         .await
