@@ -149,7 +149,7 @@ async fn wal_level_and_slot_limits_are_checked() {
             ("max_replication_slots".into(), "0".into()),
             ("max_wal_senders".into(), "0".into()),
         ],
-        durable: false,
+        ..ClusterOptions::default()
     };
     let pair = Pair::start_with(opts).await;
     pair.src()

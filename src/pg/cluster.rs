@@ -49,6 +49,9 @@ pub struct ClusterOptions {
     pub settings: Vec<(String, String)>,
     /// `false` turns fsync off: fine for tests, wrong for benchmarks.
     pub durable: bool,
+    /// Serve TLS only on TCP (a throwaway CA signs the server certificate, see
+    /// [`TempCluster::ca_cert`]); plain TCP connections are rejected.
+    pub tls: bool,
 }
 
 pub struct TempCluster {
@@ -57,6 +60,7 @@ pub struct TempCluster {
     port: u16,
     password: Secret,
     run_as: Option<(u32, u32)>,
+    tls: bool,
 }
 
 impl TempCluster {
@@ -86,6 +90,7 @@ impl TempCluster {
             port: 0,
             password,
             run_as,
+            tls: options.tls,
         };
         cluster.run(
             "initdb",
@@ -106,6 +111,16 @@ impl TempCluster {
         )?;
         std::fs::remove_file(&pwfile)?;
         let mut conf = String::from("\n# pgcutover throwaway cluster\n");
+        if options.tls {
+            cluster.make_certificates(&data)?;
+            conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+            let hba_path = data.join("pg_hba.conf");
+            let hba = std::fs::read_to_string(&hba_path)?;
+            std::fs::write(
+                &hba_path,
+                format!("hostnossl all all 0.0.0.0/0 reject\n{hba}"),
+            )?;
+        }
         let sock = cluster.dir.path().to_string_lossy().into_owned();
         let base = [
             ("listen_addresses", "'127.0.0.1'".to_string()),
@@ -202,6 +217,95 @@ impl TempCluster {
         }
     }
 
+    /// CA certificate that signed a TLS cluster's server certificate (for `sslrootcert`).
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    /// A throwaway CA and a server certificate for 127.0.0.1 and localhost, made by openssl.
+    fn make_certificates(&self, data: &Path) -> Result<(), ClusterError> {
+        let dir = self.dir.path();
+        let openssl = |args: &[&str]| -> Result<(), ClusterError> {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .map_err(|e| ClusterError::Command {
+                    tool: "openssl".into(),
+                    detail: e.to_string(),
+                })?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(ClusterError::Command {
+                    tool: "openssl".into(),
+                    detail: String::from_utf8_lossy(&out.stderr).into_owned(),
+                })
+            }
+        };
+        std::fs::write(
+            dir.join("san.ext"),
+            "subjectAltName = IP:127.0.0.1, DNS:localhost\nbasicConstraints = CA:FALSE\n",
+        )?;
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=pgcutover test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=keyCertSign,cRLSign",
+        ])?;
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ])?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.crt",
+        ])?;
+        for f in ["server.crt", "server.key"] {
+            let to = data.join(f);
+            std::fs::copy(dir.join(f), &to)?;
+            std::fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            if let Some((uid, gid)) = self.run_as {
+                std::os::unix::fs::chown(&to, Some(uid), Some(gid))?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -221,8 +325,9 @@ impl TempCluster {
     /// A URL without the password (pass it separately, as in production).
     pub fn url(&self, dbname: &str) -> String {
         format!(
-            "postgres://postgres@127.0.0.1:{}/{dbname}?sslmode=disable",
-            self.port
+            "postgres://postgres@127.0.0.1:{}/{dbname}?sslmode={}",
+            self.port,
+            if self.tls { "require" } else { "disable" }
         )
     }
 

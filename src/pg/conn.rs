@@ -23,11 +23,25 @@ pub const SESSION_SETTINGS: &str = "SET DateStyle = 'ISO, YMD'; SET TimeZone = '
      SET statement_timeout = 0; SET lock_timeout = 0; \
      SET idle_in_transaction_session_timeout = 0";
 
+/// libpq's `sslmode` values that pgcutover speaks (`allow` and `verify-ca` are refused with
+/// a message; see [`super::tls`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SslMode {
     Disable,
     Prefer,
     Require,
+    VerifyFull,
+}
+
+impl SslMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -38,6 +52,8 @@ pub struct ConnInfo {
     pub dbname: String,
     pub password: Option<Secret>,
     pub sslmode: SslMode,
+    /// CA certificates for `verify-full`.
+    pub sslrootcert: Option<PathBuf>,
     pub connect_timeout: Duration,
 }
 
@@ -75,8 +91,8 @@ pub enum ConnError {
         #[source]
         source: tokio_postgres::Error,
     },
-    #[error("{target} requires TLS (sslmode=require), which this build does not speak yet")]
-    TlsUnsupported { target: String },
+    #[error("cannot set up TLS for {target}: {message}")]
+    Tls { target: String, message: String },
 }
 
 impl ConnError {
@@ -101,9 +117,8 @@ impl ConnError {
             ConnError::Setup { .. } => {
                 "the server refused a session setting; check its logs".into()
             }
-            ConnError::TlsUnsupported { .. } => {
-                "connect with sslmode=disable or prefer for now (TLS support is on the roadmap)"
-                    .into()
+            ConnError::Tls { .. } => {
+                "check sslmode and sslrootcert in the url (sslrootcert must be a PEM file)".into()
             }
         }
     }
@@ -113,7 +128,8 @@ impl ConnInfo {
     /// Parse a URL (`postgres://user@host:port/db?sslmode=...`) or a `key=value` string.
     /// Missing parts default like libpq: port 5432, user `postgres`, database = user.
     pub fn parse(text: &str) -> Result<ConnInfo, String> {
-        let cfg = tokio_postgres::Config::from_str(text).map_err(|e| {
+        let (rest, sslmode, sslrootcert) = split_ssl_params(text)?;
+        let cfg = tokio_postgres::Config::from_str(&rest).map_err(|e| {
             // tokio-postgres' messages never echo the password, but keep ours generic anyway.
             format!("is not a valid connection url ({e})")
         })?;
@@ -133,10 +149,19 @@ impl ConnInfo {
         let password = cfg
             .get_password()
             .map(|p| Secret::new(String::from_utf8_lossy(p).into_owned()));
-        let sslmode = match cfg.get_ssl_mode() {
-            tokio_postgres::config::SslMode::Disable => SslMode::Disable,
-            tokio_postgres::config::SslMode::Require => SslMode::Require,
-            _ => SslMode::Prefer,
+        let sslmode = match sslmode.as_deref() {
+            None | Some("prefer") => SslMode::Prefer,
+            Some("disable") => SslMode::Disable,
+            Some("require") => SslMode::Require,
+            Some("verify-full") => SslMode::VerifyFull,
+            Some("verify-ca") => {
+                return Err(
+                    "has sslmode=verify-ca, which pgcutover does not offer: use \
+                            verify-full (checks the host name too) or require"
+                        .into(),
+                );
+            }
+            Some(other) => return Err(format!("has an unknown sslmode {other:?}")),
         };
         let connect_timeout = cfg
             .get_connect_timeout()
@@ -149,6 +174,7 @@ impl ConnInfo {
             dbname,
             password,
             sslmode,
+            sslrootcert: sslrootcert.map(PathBuf::from),
             connect_timeout,
         })
     }
@@ -176,7 +202,8 @@ impl ConnInfo {
         }
         cfg.ssl_mode(match self.sslmode {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
-            _ => tokio_postgres::config::SslMode::Prefer,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            SslMode::Require | SslMode::VerifyFull => tokio_postgres::config::SslMode::Require,
         });
         cfg
     }
@@ -184,24 +211,32 @@ impl ConnInfo {
     /// Open a SQL session with pgcutover's session settings. The connection task is spawned
     /// on the runtime and ends when the client is dropped.
     pub async fn connect(&self, application_name: &str) -> Result<Client, ConnError> {
-        if self.sslmode == SslMode::Require {
-            return Err(ConnError::TlsUnsupported {
-                target: self.to_string(),
+        let cfg = self.pg_config(application_name);
+        let connect_err = |source| ConnError::Connect {
+            target: self.to_string(),
+            source,
+        };
+        // The connection task ends when the client is dropped; its errors reach the caller
+        // through the client's next call.
+        let client = if self.sslmode == SslMode::Disable {
+            let (client, connection) = cfg.connect(NoTls).await.map_err(connect_err)?;
+            tokio::spawn(async move {
+                let _ = connection.await;
             });
-        }
-        let (client, connection) = self
-            .pg_config(application_name)
-            .connect(NoTls)
-            .await
-            .map_err(|source| ConnError::Connect {
-                target: self.to_string(),
-                source,
-            })?;
-        tokio::spawn(async move {
-            // The error reaches the caller through the client's next call; a closed connection
-            // after the client was dropped is the normal end.
-            let _ = connection.await;
-        });
+            client
+        } else {
+            let tls = super::tls::client_config(self.sslmode, self.sslrootcert.as_deref())
+                .map_err(|message| ConnError::Tls {
+                    target: self.to_string(),
+                    message,
+                })?;
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
+            let (client, connection) = cfg.connect(tls).await.map_err(connect_err)?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            client
+        };
         client
             .batch_execute(SESSION_SETTINGS)
             .await
@@ -216,20 +251,19 @@ impl ConnInfo {
     /// password: that goes in the child's `PGPASSWORD`, which no `ps` listing shows.
     pub fn libpq_conninfo(&self) -> String {
         let q = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
-        let sslmode = match self.sslmode {
-            SslMode::Disable => "disable",
-            SslMode::Prefer => "prefer",
-            SslMode::Require => "require",
-        };
-        format!(
+        let mut s = format!(
             "host={} port={} user={} dbname={} sslmode={} connect_timeout={}",
             q(&self.host),
             self.port,
             q(&self.user),
             q(&self.dbname),
-            sslmode,
+            self.sslmode.as_str(),
             self.connect_timeout.as_secs().max(1)
-        )
+        );
+        if let Some(root) = &self.sslrootcert {
+            s.push_str(&format!(" sslrootcert={}", q(&root.to_string_lossy())));
+        }
+        s
     }
 
     /// Environment for a child process that connects with [`Self::libpq_conninfo`].
@@ -243,6 +277,71 @@ impl ConnInfo {
         }
         env
     }
+}
+
+/// Take `sslmode` and `sslrootcert` out of a URL or key=value string (tokio-postgres knows
+/// neither `verify-full` nor `sslrootcert`), returning the rest and the two values.
+fn split_ssl_params(text: &str) -> Result<(String, Option<String>, Option<String>), String> {
+    let (mut mode, mut root) = (None, None);
+    let mut take = |key: &str, value: String| match key {
+        "sslmode" => {
+            mode = Some(value);
+            true
+        }
+        "sslrootcert" => {
+            root = Some(value);
+            true
+        }
+        _ => false,
+    };
+    let rest = if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+        match text.split_once('?') {
+            None => text.to_string(),
+            Some((base, query)) => {
+                let kept: Vec<&str> = query
+                    .split('&')
+                    .filter(|kv| {
+                        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                        !take(k, percent_decode(v))
+                    })
+                    .collect();
+                if kept.is_empty() {
+                    base.to_string()
+                } else {
+                    format!("{base}?{}", kept.join("&"))
+                }
+            }
+        }
+    } else {
+        let kept: Vec<&str> = text
+            .split_whitespace()
+            .filter(|tok| {
+                let (k, v) = tok.split_once('=').unwrap_or((tok, ""));
+                !take(k.trim(), v.trim_matches('\'').to_string())
+            })
+            .collect();
+        kept.join(" ")
+    };
+    Ok((rest, mode, root))
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -270,6 +369,34 @@ mod tests {
         assert_eq!((c.port, c.dbname.as_str()), (5432, "bob"));
         assert!(ConnInfo::parse("postgres://a@h1,h2/db").is_err());
         assert!(ConnInfo::parse("not a url at all ===").is_err());
+    }
+
+    #[test]
+    fn ssl_settings_are_ours() {
+        let c = ConnInfo::parse(
+            "postgres://a@h/db?sslmode=verify-full&sslrootcert=%2Fetc%2Frds.pem&application_name=x",
+        )
+        .unwrap();
+        assert_eq!(c.sslmode, SslMode::VerifyFull);
+        assert_eq!(
+            c.sslrootcert.as_deref(),
+            Some(std::path::Path::new("/etc/rds.pem"))
+        );
+        let info = c.libpq_conninfo();
+        assert!(info.contains("sslmode=verify-full "), "{info}");
+        assert!(info.ends_with(" sslrootcert='/etc/rds.pem'"), "{info}");
+        let c = ConnInfo::parse("host=h user=u sslmode=require").unwrap();
+        assert_eq!(c.sslmode, SslMode::Require);
+        assert_eq!(
+            ConnInfo::parse("postgres://a@h/db").unwrap().sslmode,
+            SslMode::Prefer
+        );
+        assert!(
+            ConnInfo::parse("postgres://a@h/db?sslmode=verify-ca")
+                .unwrap_err()
+                .contains("verify-full")
+        );
+        assert!(ConnInfo::parse("postgres://a@h/db?sslmode=bogus").is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod conn;
 pub mod lsn;
 pub mod name;
 pub mod slot;
+pub mod tls;
 pub mod tools;
 
 pub use lsn::Lsn;

@@ -60,6 +60,7 @@ fn replication_config(conn: &ConnInfo, slot: &str) -> ReplicationConfig {
             ..TlsConfig::default()
         },
         SslMode::Require => TlsConfig::require(),
+        SslMode::VerifyFull => TlsConfig::verify_full(conn.sslrootcert.clone()),
     };
     ReplicationConfig::new(
         conn.host.clone(),

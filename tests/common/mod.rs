@@ -22,9 +22,18 @@ impl Pair {
     }
 
     pub async fn start_with(source_opts: ClusterOptions) -> Pair {
+        Pair::start_both(source_opts, ClusterOptions::default()).await
+    }
+
+    /// Both clusters with the same options.
+    pub async fn start_with_both(opts: ClusterOptions) -> Pair {
+        Pair::start_both(opts.clone(), opts).await
+    }
+
+    async fn start_both(source_opts: ClusterOptions, target_opts: ClusterOptions) -> Pair {
         let (source, target) = tokio::task::spawn_blocking(move || {
             let s = TempCluster::start(&source_opts).expect("start source cluster");
-            let t = TempCluster::start(&ClusterOptions::default()).expect("start target cluster");
+            let t = TempCluster::start(&target_opts).expect("start target cluster");
             (s, t)
         })
         .await
