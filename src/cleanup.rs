@@ -62,15 +62,7 @@ async fn source_side(cfg: &Config) -> Result<Vec<String>, SideError> {
         }
     }
     let publication = id.publication_name();
-    let had: bool = src
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
-            &[&publication],
-        )
-        .await
-        .ctx(|| "looking up the publication".into())?
-        .get(0);
-    if had {
+    if slot::publication_exists(&src, &publication).await? {
         slot::drop_publication(&src, &publication).await?;
         done.push(format!("dropped publication {publication} on the source"));
     }

@@ -152,18 +152,7 @@ pub async fn run(cfg: &Config, status: Arc<StatusBoard>) -> Result<LoadOutcome, 
             if slot::slot_info(src, &slot_name).await?.is_none() {
                 return Err(LoadError::SlotLost { slot: slot_name });
             }
-            let has_pub: bool = src
-                .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
-                    &[&publication],
-                )
-                .await
-                .map_err(|source| SqlError {
-                    context: "looking up the publication".into(),
-                    source,
-                })?
-                .get(0);
-            if !has_pub {
+            if !slot::publication_exists(src, &publication).await? {
                 return Err(LoadError::PublicationLost { publication });
             }
             tracing::info!(slot = %slot_name, lsn = %lsn, "resuming the migration");

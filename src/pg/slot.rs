@@ -212,6 +212,17 @@ pub async fn create_publication(
         .ctx(|| format!("creating publication {name}"))
 }
 
+pub async fn publication_exists(client: &Client, name: &str) -> Result<bool, SqlError> {
+    Ok(client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
+            &[&name],
+        )
+        .await
+        .ctx(|| format!("looking up publication {name}"))?
+        .get(0))
+}
+
 pub async fn drop_publication(client: &Client, name: &str) -> Result<(), SqlError> {
     client
         .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(name)))
