@@ -4,6 +4,7 @@
 //! (connections, catalog, slot, clusters), `status`, `load` (the native full load), then the
 //! daemon's edges: `http`, `daemon`, `cleanup`, `demo`, `cli`.
 
+pub mod cdc;
 pub mod cleanup;
 pub mod cli;
 pub mod config;
