@@ -77,11 +77,16 @@ impl Daemon {
         tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             migration = %cfg.replication.migration_id, "pgcutover daemon started");
         let pipeline_status = status.clone();
+        let control = Arc::new(crate::cdc::Control::default());
+        let app = router(AppState {
+            status: status.clone(),
+            control: control.clone(),
+            token: cfg.api.token.clone(),
+        });
         let pipeline = tokio::spawn(async move {
             match crate::load::run(&cfg, pipeline_status.clone()).await {
                 Ok(outcome) => {
-                    tracing::info!(tables = outcome.tables.len(), slot_lsn = %outcome.slot_lsn,
-                        "full load done; change data capture is not part of this build yet");
+                    crate::cdc::run(&cfg, pipeline_status.clone(), &outcome, control).await;
                 }
                 Err(e) => {
                     let report = ErrorReport {
@@ -93,7 +98,6 @@ impl Daemon {
                 }
             }
         });
-        let app = router(AppState { status });
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await;

@@ -75,7 +75,48 @@ pub struct StatusView {
     pub lag_bytes: Option<u64>,
     pub lag_seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub cdc: Option<CdcView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorReport>,
+}
+
+/// The change stream, once it runs.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CdcView {
+    /// End of the last source transaction committed on the target.
+    pub applied_lsn: Lsn,
+    /// Position the stream has fully processed (applied, or known to hold nothing for us).
+    pub processed_lsn: Lsn,
+    /// The source's current WAL position, at the last heartbeat.
+    pub source_lsn: Option<Lsn>,
+    /// WAL the source keeps for the slot (`pg_current_wal_lsn() - restart_lsn`).
+    pub retained_wal_bytes: Option<u64>,
+    pub changes_applied: u64,
+    pub transactions_applied: u64,
+    /// Updates and deletes whose row was not on the target (a sign of writes to the target).
+    pub missing_rows: u64,
+    /// Heartbeat latency over the last heartbeats (up to 10 minutes).
+    pub lag_p50_seconds: Option<f64>,
+    pub lag_p99_seconds: Option<f64>,
+    pub heartbeats_applied: u64,
+    pub reconnects: u64,
+}
+
+/// Heartbeats: when each was sent (unix µs), and measured latencies.
+#[derive(Default)]
+struct Heartbeats {
+    pending: std::collections::VecDeque<i64>,
+    last_latency: Option<f64>,
+    recent: std::collections::VecDeque<f64>,
+}
+
+const RECENT_HEARTBEATS: usize = 600;
+
+pub fn unix_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
 }
 
 struct TableEntry {
@@ -93,6 +134,8 @@ struct Inner {
     slot_lsn: Option<Lsn>,
     tables: BTreeMap<TableName, TableEntry>,
     error: Option<ErrorReport>,
+    cdc: Option<CdcView>,
+    heartbeats: Heartbeats,
 }
 
 pub struct StatusBoard {
@@ -111,6 +154,8 @@ impl StatusBoard {
                 slot_lsn: None,
                 tables: BTreeMap::new(),
                 error: None,
+                cdc: None,
+                heartbeats: Heartbeats::default(),
             }),
         })
     }
@@ -136,6 +181,106 @@ impl StatusBoard {
         let mut g = self.lock();
         g.stage = Stage::Failed;
         g.error = Some(report);
+    }
+
+    /// The change stream stopped on an error the operator must fix (it waits for resume).
+    pub fn stop(&self, report: ErrorReport) {
+        let mut g = self.lock();
+        g.stage = Stage::Stopped;
+        g.error = Some(report);
+    }
+
+    /// The change stream runs (again) from `applied`.
+    pub fn cdc_running(&self, applied: Lsn) {
+        let mut g = self.lock();
+        g.stage = Stage::Cdc;
+        g.error = None;
+        let c = g.cdc.get_or_insert_with(CdcView::default);
+        c.applied_lsn = c.applied_lsn.max(applied);
+        c.processed_lsn = c.processed_lsn.max(applied);
+    }
+
+    pub fn cdc_reconnected(&self) {
+        let mut g = self.lock();
+        g.cdc.get_or_insert_with(CdcView::default).reconnects += 1;
+    }
+
+    /// A target transaction committed.
+    pub fn cdc_committed(&self, applied: Lsn, changes: u64, transactions: u64, missing: u64) {
+        let mut g = self.lock();
+        let c = g.cdc.get_or_insert_with(CdcView::default);
+        c.applied_lsn = c.applied_lsn.max(applied);
+        c.processed_lsn = c.processed_lsn.max(applied);
+        c.changes_applied += changes;
+        c.transactions_applied += transactions;
+        c.missing_rows += missing;
+    }
+
+    /// Everything up to `lsn` is processed (nothing of ours was there to apply).
+    pub fn cdc_processed(&self, lsn: Lsn) {
+        let mut g = self.lock();
+        let c = g.cdc.get_or_insert_with(CdcView::default);
+        c.processed_lsn = c.processed_lsn.max(lsn);
+    }
+
+    pub fn cdc_processed_lsn(&self) -> Option<Lsn> {
+        self.lock().cdc.as_ref().map(|c| c.processed_lsn)
+    }
+
+    /// The source's WAL position and the slot's restart position, read at a heartbeat.
+    pub fn source_wal(&self, current: Lsn, restart: Option<Lsn>) {
+        let mut g = self.lock();
+        let c = g.cdc.get_or_insert_with(CdcView::default);
+        c.source_lsn = Some(current);
+        c.retained_wal_bytes = restart.map(|r| current.bytes_since(r));
+    }
+
+    /// A heartbeat stamped `sent` (unix µs) was written to the source.
+    pub fn heartbeat_sent(&self, sent: i64) {
+        let mut g = self.lock();
+        let h = &mut g.heartbeats;
+        h.pending.push_back(sent);
+        if h.pending.len() > RECENT_HEARTBEATS {
+            h.pending.pop_front();
+        }
+    }
+
+    /// The heartbeat stamped `sent` came through the stream with everything before it
+    /// committed on the target.
+    pub fn heartbeat_applied(&self, sent: i64) {
+        let latency = (unix_micros() - sent).max(0) as f64 / 1e6;
+        let mut g = self.lock();
+        let h = &mut g.heartbeats;
+        while h.pending.front().is_some_and(|&p| p <= sent) {
+            h.pending.pop_front();
+        }
+        h.last_latency = Some(latency);
+        h.recent.push_back(latency);
+        if h.recent.len() > RECENT_HEARTBEATS {
+            h.recent.pop_front();
+        }
+        let mut sorted: Vec<f64> = h.recent.iter().copied().collect();
+        sorted.sort_by(f64::total_cmp);
+        let pick = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+        let (p50, p99) = (pick(0.5), pick(0.99));
+        let c = g.cdc.get_or_insert_with(CdcView::default);
+        c.lag_p50_seconds = Some(p50);
+        c.lag_p99_seconds = Some(p99);
+        c.heartbeats_applied += 1;
+    }
+
+    /// Seconds behind: the last heartbeat's latency, or the age of the oldest heartbeat not yet
+    /// through if that is larger (a stalled stream shows a growing lag).
+    fn lag_seconds(g: &Inner) -> Option<f64> {
+        let h = &g.heartbeats;
+        let waiting = h
+            .pending
+            .front()
+            .map(|&sent| (unix_micros() - sent).max(0) as f64 / 1e6);
+        match (h.last_latency, waiting) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Register a table to load (`chunks` units), or one already loaded earlier.
@@ -228,8 +373,12 @@ impl StatusBoard {
             rows_copied: tables.iter().map(|t| t.rows).sum(),
             bytes_copied: tables.iter().map(|t| t.bytes).sum(),
             tables,
-            lag_bytes: None,
-            lag_seconds: None,
+            lag_bytes: g
+                .cdc
+                .as_ref()
+                .and_then(|c| Some(c.source_lsn?.bytes_since(c.processed_lsn))),
+            lag_seconds: g.cdc.as_ref().and_then(|_| Self::lag_seconds(&g)),
+            cdc: g.cdc.clone(),
             error: g.error.clone(),
         }
     }

@@ -5,42 +5,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use pgcutover::daemon::Daemon;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    let (head, body) = buf.split_once("\r\n\r\n").unwrap();
-    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (
-        code,
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
-    )
-}
-
-type Server = tokio::task::JoinHandle<Result<(), pgcutover::daemon::DaemonError>>;
-
-/// A daemon on a free port of 127.0.0.1, stopped by sending on the returned channel.
-async fn start_daemon(
-    pair: &Pair,
-) -> (
-    std::net::SocketAddr,
-    tokio::sync::oneshot::Sender<()>,
-    Server,
-) {
-    let daemon = Daemon::bind(pair.config("")).await.unwrap();
-    let addr = daemon.local_addr();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(daemon.run(async {
-        let _ = stop_rx.await;
-    }));
-    (addr, stop_tx, server)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_health_and_status_through_the_load() {
@@ -53,12 +17,12 @@ async fn serves_health_and_status_through_the_load() {
         )
         .await
         .unwrap();
-    let (addr, stop_tx, server) = start_daemon(&pair).await;
+    let (addr, stop_tx, server) = start_daemon(&pair, "").await;
 
     let (code, body) = get(addr, "/healthz").await;
     assert_eq!((code, body["status"].as_str()), (200, Some("ok")));
-    wait_for(Duration::from_secs(60), "status to say loaded", || async {
-        get(addr, "/status").await.1["stage"] == "loaded"
+    wait_for(Duration::from_secs(60), "status to say cdc", || async {
+        get(addr, "/status").await.1["stage"] == "cdc"
     })
     .await;
     let (_, status) = get(addr, "/status").await;
@@ -85,7 +49,7 @@ async fn a_failed_load_is_reported_in_status_with_its_hint() {
         .batch_execute("CREATE TABLE keyless (a int)")
         .await
         .unwrap();
-    let (addr, stop_tx, server) = start_daemon(&pair).await;
+    let (addr, stop_tx, server) = start_daemon(&pair, "").await;
     wait_for(Duration::from_secs(60), "status to say failed", || async {
         get(addr, "/status").await.1["stage"] == "failed"
     })

@@ -1,4 +1,450 @@
-//! Change data capture (native engine). So far: the pgoutput decoder; the stream, the apply
-//! and crash-safe progress follow (issue 3).
+//! Change data capture (native engine): the slot's pgoutput stream, applied to the target in
+//! source commit order, crash-safe.
+//!
+//! * [`stream`]: the replication connection behind a small interface;
+//! * [`decode`]: pgoutput bytes → typed messages (pure, never panics);
+//! * [`relation`]: what each relation looks like, checked against the target (DDL stops here);
+//! * [`apply`]: batched, pipelined statements on one target session;
+//! * [`progress`]: the applied position, committed with the changes.
+//!
+//! ## The loop
+//!
+//! Source transactions arrive whole, in commit order (protocol version 1 streams nothing
+//! before the commit). A transaction whose commit is before the recorded position was applied
+//! by an earlier run and is skipped; a change to a table whose copy was taken at a later
+//! snapshot than the transaction's commit is already in the copy and is skipped too (see
+//! [`crate::load`]). Everything else is applied; the target transaction is committed at a
+//! source commit boundary when the stream has nothing more ready, the batch is large, or it is
+//! old, and only then is the position confirmed to the source.
+//!
+//! ## Failures
+//!
+//! A broken connection (either side) is retried with backoff from the recorded position. A
+//! change the target refuses, or a schema difference, stops the apply with an error in
+//! `/status` (stage `stopped`) and waits for `POST /replication/resume` (or a restart); the
+//! transaction being applied is rolled back, so nothing is half-applied.
+//!
+//! ## Lag
+//!
+//! Once a second the daemon writes a non-transactional logical message stamped with its own
+//! clock into the source's WAL and reads the source's WAL position and the slot's retained
+//! WAL. The message comes back through the stream after every transaction that committed
+//! before it; when the target has committed all of those, the daemon's clock minus the stamp
+//! is the end-to-end lag, with no clock skew between hosts involved.
 
+pub mod apply;
 pub mod decode;
+pub mod progress;
+pub mod relation;
+pub mod stream;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::load::LoadOutcome;
+use crate::pg::conn::ConnError;
+use crate::pg::{Lsn, SqlContext, SqlError, TableName};
+use crate::status::{ErrorReport, StatusBoard, unix_micros};
+use apply::{Applier, ApplyError};
+use decode::{DecodeError, Message};
+use relation::{RelationCache, RelationError};
+use stream::{Event, Stream, StreamError};
+
+/// Commit the target transaction at the next source commit once it holds this many changes…
+const BATCH_CHANGES: u64 = 50_000;
+/// …or is this old.
+const BATCH_AGE: Duration = Duration::from_millis(250);
+/// Reconnect attempts after a broken connection before giving up (about ten minutes).
+const MAX_RETRIES: u32 = 20;
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CdcError {
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    #[error("the replication stream ended")]
+    Ended,
+    #[error("undecodable message in the replication stream: {0}")]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Relation(#[from] RelationError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error(transparent)]
+    Sql(#[from] SqlError),
+    #[error(transparent)]
+    Conn(#[from] ConnError),
+}
+
+impl CdcError {
+    /// Worth retrying on its own (the connection broke) rather than waiting for the operator.
+    fn transient(&self) -> bool {
+        match self {
+            CdcError::Stream(e) => e.transient,
+            CdcError::Ended => true,
+            CdcError::Apply(e) => e.is_connection(),
+            CdcError::Sql(e) => e.source.is_closed() || e.source.as_db_error().is_none(),
+            CdcError::Relation(RelationError::Sql(e)) => {
+                e.source.is_closed() || e.source.as_db_error().is_none()
+            }
+            CdcError::Conn(_) => true,
+            CdcError::Decode(_) | CdcError::Relation(_) => false,
+        }
+    }
+
+    pub fn hint(&self) -> String {
+        match self {
+            CdcError::Stream(e) if !e.transient => "the slot, the publication or the \
+                replication role is gone or changed on the source; restore it, then POST \
+                /replication/resume"
+                .into(),
+            CdcError::Stream(_) | CdcError::Ended | CdcError::Conn(_) => {
+                "check that the source and the target are reachable; POST /replication/resume \
+                 retries at once"
+                    .into()
+            }
+            CdcError::Decode(_) => "this is a bug in pgcutover or an unsupported server: \
+                report it with the log; nothing of the transaction was applied"
+                .into(),
+            CdcError::Relation(e) => e.hint(),
+            CdcError::Apply(e) => e.hint(),
+            CdcError::Sql(_) => "check the target's log for the reason".into(),
+        }
+    }
+}
+
+/// How the HTTP API talks to the running change stream.
+#[derive(Default)]
+pub struct Control {
+    resume: Notify,
+}
+
+impl Control {
+    /// Wake a stopped change stream; returns false when it was not waiting.
+    pub fn resume(&self, status: &StatusBoard) -> bool {
+        if status.stage() == crate::status::Stage::Stopped {
+            self.resume.notify_one();
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Prefix of our heartbeat messages, per migration so that two migrations from one source
+/// never read each other's.
+fn heartbeat_prefix(cfg: &Config) -> String {
+    format!(
+        "pgcutover.heartbeat.{}",
+        cfg.replication.migration_id.as_str()
+    )
+}
+
+/// Stream changes from the end of the full load until the process ends.
+pub async fn run(
+    cfg: &Config,
+    status: Arc<StatusBoard>,
+    load: &crate::load::LoadOutcome,
+    control: Arc<Control>,
+) {
+    let _heartbeat = AbortOnDrop(tokio::spawn(heartbeat_loop(cfg.clone(), status.clone())));
+    let mut retries = 0u32;
+    loop {
+        let mut progressed = false;
+        let err = session(cfg, &status, load, &mut progressed).await;
+        if progressed {
+            retries = 0;
+        }
+        let report = ErrorReport {
+            error: err.to_string(),
+            hint: err.hint(),
+        };
+        if err.transient() && retries < MAX_RETRIES {
+            retries += 1;
+            let wait = Duration::from_millis(500 * (1u64 << retries.min(6)));
+            tracing::warn!(error = %report.error, retry = retries, wait_secs = wait.as_secs_f64(),
+                "change stream interrupted; reconnecting");
+            status.cdc_reconnected();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = control.resume.notified() => {}
+            }
+            continue;
+        }
+        tracing::error!(error = %report.error, hint = %report.hint, "change stream stopped");
+        status.stop(report);
+        control.resume.notified().await;
+        tracing::info!("resuming the change stream");
+        retries = 0;
+    }
+}
+
+/// Ends a background task when its owner ends (the pipeline task is aborted at shutdown).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One replication session, until it fails.
+async fn session(
+    cfg: &Config,
+    status: &StatusBoard,
+    load: &LoadOutcome,
+    progressed: &mut bool,
+) -> CdcError {
+    match session_inner(cfg, status, load, progressed).await {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+enum Never {}
+
+async fn session_inner(
+    cfg: &Config,
+    status: &StatusBoard,
+    load: &LoadOutcome,
+    progressed: &mut bool,
+) -> Result<Never, CdcError> {
+    let id = cfg.replication.migration_id.as_str();
+    let snapshots: BTreeMap<TableName, Lsn> = load
+        .tables
+        .iter()
+        .map(|(t, l)| (t.clone(), l.snapshot_lsn))
+        .collect();
+    let target = cfg.target.connect("pgcutover-apply").await?;
+    let mut applier = Applier::new(target, id).await?;
+    let recorded = progress::applied_lsn(applier.client(), id).await?;
+    let start = recorded.unwrap_or(load.slot_lsn);
+    let slot = cfg.replication.migration_id.slot_name();
+    let publication = cfg.replication.migration_id.publication_name();
+    let mut stream = Stream::open(&cfg.source, &slot, &publication, start).await?;
+    tracing::info!(%slot, from = %start, "change stream started");
+    status.cdc_running(start);
+
+    let hb_prefix = heartbeat_prefix(cfg);
+    let mut cache = RelationCache::default();
+    // End of the last transaction committed on the target (or applied by an earlier run).
+    let mut applied = start;
+    // The open source transaction: its commit position, and whether it was applied earlier.
+    let mut txn: Option<(Lsn, bool)> = None;
+    let mut last_end = applied;
+    let mut batch_started: Option<Instant> = None;
+    let mut heartbeat_waiting: Option<i64> = None;
+
+    let result: Result<Never, CdcError> = async {
+        loop {
+            if txn.is_none()
+                && let Some(started) = batch_started
+                && (applier.batch().changes >= BATCH_CHANGES
+                    || started.elapsed() >= BATCH_AGE
+                    || !stream.has_ready())
+            {
+                let done = applier.commit(last_end).await?;
+                batch_started = None;
+                applied = last_end;
+                *progressed = true;
+                stream.confirm(applied);
+                status.cdc_committed(applied, done.changes, done.transactions, done.missing_rows);
+                if let Some(sent) = heartbeat_waiting.take() {
+                    status.heartbeat_applied(sent);
+                }
+            }
+            let Some(ev) = stream.next().await? else {
+                return Err(CdcError::Ended);
+            };
+            match ev {
+                Event::Begin { final_lsn, .. } => {
+                    let done_before = final_lsn < applied;
+                    if !done_before {
+                        applier.begin().await?;
+                        batch_started.get_or_insert_with(Instant::now);
+                    }
+                    txn = Some((final_lsn, done_before));
+                }
+                Event::Commit { end_lsn } => {
+                    match txn.take() {
+                        Some((_, false)) => {
+                            applier.end_source_txn();
+                            last_end = end_lsn;
+                        }
+                        _ if batch_started.is_none() => {
+                            // Applied by an earlier run: the slot may forget it.
+                            stream.confirm(end_lsn.max(applied));
+                            status.cdc_processed(end_lsn);
+                        }
+                        _ => {}
+                    }
+                }
+                Event::Data(bytes) => {
+                    let msg = decode::decode(bytes)?;
+                    apply_message(&mut applier, &mut cache, &snapshots, msg, txn).await?;
+                }
+                Event::Message {
+                    transactional: false,
+                    lsn,
+                    prefix,
+                    content,
+                } if prefix == hb_prefix => {
+                    let sent = std::str::from_utf8(&content)
+                        .ok()
+                        .and_then(|s| s.parse::<i64>().ok());
+                    if let Some(sent) = sent {
+                        if batch_started.is_some() {
+                            heartbeat_waiting = Some(sent);
+                        } else {
+                            status.heartbeat_applied(sent);
+                            status.cdc_processed(lsn);
+                            stream.confirm(lsn.max(applied));
+                        }
+                    }
+                }
+                Event::Message { .. } => {}
+                Event::KeepAlive { wal_end } => {
+                    // Nothing open: every commit before `wal_end` has been received and
+                    // applied, so the slot may move there (it keeps WAL from piling up while
+                    // the published tables are idle).
+                    if txn.is_none() && batch_started.is_none() && wal_end > applied {
+                        stream.confirm(wal_end);
+                        status.cdc_processed(wal_end);
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    let err = match result {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    if !err.transient() {
+        let _ = applier.rollback().await;
+    }
+    stream.close().await;
+    Err(err)
+}
+
+/// Apply one decoded message of the open transaction `txn` (commit position, applied before).
+async fn apply_message(
+    applier: &mut Applier,
+    cache: &mut RelationCache,
+    snapshots: &BTreeMap<TableName, Lsn>,
+    msg: Message,
+    txn: Option<(Lsn, bool)>,
+) -> Result<(), CdcError> {
+    // Outside a transaction only Relation and Type messages are expected; a change there
+    // would have no commit position to judge it by.
+    let wanted = |skip_before: Lsn| matches!(txn, Some((lsn, false)) if lsn >= skip_before);
+    match msg {
+        Message::Relation(rel) => {
+            cache.describe(applier.client(), &rel, snapshots).await?;
+        }
+        Message::Type {
+            oid,
+            namespace,
+            name,
+        } => cache.note_type(oid, namespace, name),
+        Message::Insert { relid, new } => {
+            let rel = cache.get(relid)?.clone();
+            if wanted(rel.skip_before) {
+                applier.insert(&rel, new).await?;
+            }
+        }
+        Message::Update { relid, old, new } => {
+            let rel = cache.get(relid)?.clone();
+            if wanted(rel.skip_before) {
+                applier.update(&rel, old, new).await?;
+            }
+        }
+        Message::Delete { relid, old } => {
+            let rel = cache.get(relid)?.clone();
+            if wanted(rel.skip_before) {
+                applier.delete(&rel, old).await?;
+            }
+        }
+        Message::Truncate {
+            cascade,
+            restart_identity,
+            relids,
+        } => {
+            let mut rels = Vec::new();
+            for relid in relids {
+                let rel = cache.get(relid)?.clone();
+                if wanted(rel.skip_before) {
+                    rels.push(rel);
+                }
+            }
+            applier.truncate(&rels, cascade, restart_identity).await?;
+        }
+        Message::Begin { .. }
+        | Message::Commit { .. }
+        | Message::Origin { .. }
+        | Message::Message { .. } => {}
+    }
+    Ok(())
+}
+
+/// Once a second: stamp a heartbeat into the source's WAL and read its WAL position and the
+/// slot's retained WAL. Failures are logged and retried; lag then shows as growing.
+async fn heartbeat_loop(cfg: Config, status: Arc<StatusBoard>) {
+    let prefix = heartbeat_prefix(&cfg);
+    let slot = cfg.replication.migration_id.slot_name();
+    let mut client = None;
+    let mut warned = false;
+    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if client.is_none() {
+            match cfg.source.connect("pgcutover-heartbeat").await {
+                Ok(c) => client = Some(c),
+                Err(e) => {
+                    if !warned {
+                        tracing::warn!(error = %e, "heartbeat: cannot connect to the source");
+                        warned = true;
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(c) = client.as_ref() else { continue };
+        let sent = unix_micros();
+        let result = c
+            .query_one(
+                "SELECT pg_logical_emit_message(false, $1, $2)::text,
+                        pg_current_wal_lsn()::text,
+                        (SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = $3)",
+                &[&prefix, &sent.to_string(), &slot],
+            )
+            .await
+            .ctx(|| "writing a heartbeat on the source".into());
+        match result {
+            Ok(row) => {
+                warned = false;
+                status.heartbeat_sent(sent);
+                let current: Option<Lsn> = row.get::<_, String>(1).parse().ok();
+                let restart: Option<Lsn> =
+                    row.get::<_, Option<String>>(2).and_then(|s| s.parse().ok());
+                if let Some(current) = current {
+                    status.source_wal(current, restart);
+                }
+            }
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(error = %e, "heartbeat failed; lag in seconds is not measured");
+                    warned = true;
+                }
+                if c.is_closed() {
+                    client = None;
+                }
+            }
+        }
+    }
+}

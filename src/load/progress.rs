@@ -136,7 +136,8 @@ pub async fn set_schema_state(
 pub async fn set_stage(client: &Client, id: &str, stage: &str) -> Result<(), SqlError> {
     client
         .execute(
-            "UPDATE pgcutover.migration SET stage = $2, updated_at = now() WHERE id = $1",
+            "UPDATE pgcutover.migration SET stage = $2, updated_at = now()
+              WHERE id = $1 AND stage <> 'cdc'",
             &[&id, &stage],
         )
         .await

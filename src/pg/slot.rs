@@ -51,7 +51,7 @@ pub struct ExportedSnapshot {
     pub lsn: Lsn,
 }
 
-fn replication_config(conn: &ConnInfo, slot: &str) -> ReplicationConfig {
+pub(crate) fn replication_config(conn: &ConnInfo, slot: &str) -> ReplicationConfig {
     let password = conn.password.as_ref().map_or("", |p| p.expose());
     let tls = match conn.sslmode {
         SslMode::Disable => TlsConfig::disabled(),

@@ -7,7 +7,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pgcutover::config::Config;
+use pgcutover::daemon::Daemon;
 use pgcutover::pg::cluster::{ClusterOptions, TempCluster};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::Client;
 
 pub struct Pair {
@@ -183,4 +185,97 @@ pub fn fixture(name: &str) -> String {
             .join(name),
     )
     .unwrap()
+}
+
+/// One HTTP/1.1 request on a fresh connection; the status code and the JSON body.
+pub async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    s.write_all(
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap();
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (
+        code,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+pub async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value) {
+    http(addr, "GET", path, None).await
+}
+
+pub type Server = tokio::task::JoinHandle<Result<(), pgcutover::daemon::DaemonError>>;
+
+/// A daemon on a free port of 127.0.0.1, stopped by sending on the returned channel.
+pub async fn start_daemon(
+    pair: &Pair,
+    replication_extra: &str,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    Server,
+) {
+    init_logs();
+    let daemon = Daemon::bind(pair.config(replication_extra)).await.unwrap();
+    let addr = daemon.local_addr();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(daemon.run(async {
+        let _ = stop_rx.await;
+    }));
+    (addr, stop_tx, server)
+}
+
+/// The source's current WAL position, as text.
+pub async fn source_lsn(src: &Client) -> String {
+    src.query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Wait until the target has applied everything the source committed up to now, or panic.
+/// Needs a published table `marker (id serial PRIMARY KEY)`: a row inserted there commits
+/// after the position read first, so once the target's applied position reaches that
+/// position, every earlier transaction is on the target.
+pub async fn wait_caught_up(src: &Client, tgt: &Client, limit: Duration) {
+    let lsn = source_lsn(src).await;
+    src.batch_execute("INSERT INTO marker DEFAULT VALUES")
+        .await
+        .unwrap();
+    wait_for(limit, &format!("the target to apply up to {lsn}"), || async {
+        tgt.query_one(
+            "SELECT coalesce((SELECT applied_lsn >= $1::text::pg_lsn FROM pgcutover.migration), false)",
+            &[&lsn],
+        )
+        .await
+        .map(|r| r.get::<_, bool>(0))
+        .unwrap_or(false)
+    })
+    .await;
+}
+
+/// Logs of in-process daemons, shown for failed tests (filter: PGCUTOVER_LOG, default info).
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGCUTOVER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }

@@ -31,3 +31,7 @@ CREATE TABLE IF NOT EXISTS pgcutover.load_progress (
     done_at         timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (migration_id, schema_name, table_name, chunk)
 );
+
+-- CDC: the end of the last source transaction applied, written in the same target
+-- transaction as its changes; NULL until the first one commits.
+ALTER TABLE pgcutover.migration ADD COLUMN IF NOT EXISTS applied_lsn pg_lsn;

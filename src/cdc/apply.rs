@@ -1,0 +1,957 @@
+//! Applying decoded changes to the target, in source commit order.
+//!
+//! One target session, `session_replication_role = replica` (no user triggers, no foreign-key
+//! re-checks: the source already checked them). Many source transactions go into one target
+//! transaction, which commits only at a source commit boundary, together with the row that
+//! records the applied position ([`super::progress`]): a source transaction is applied entirely
+//! or not at all, and the recorded position is exact.
+//!
+//! ## Speed without reordering
+//!
+//! * **Pipelining.** Every statement is prepared once per table shape and sent without waiting
+//!   for the previous one's answer; answers are read later, in order. Order is guaranteed
+//!   because a tokio-postgres request is written to the connection the first time its future
+//!   is polled, and [`Applier`] polls each one right after creating it.
+//! * **Multi-row statements.** Consecutive changes of one kind to one table (a *run*) go out as
+//!   one statement over `unnest()`ed text arrays. A run never holds two changes to the same key
+//!   (an UPDATE joined against the table would apply only one of them), and tables with unique
+//!   or exclusion constraints besides the identity are updated row by row, because PostgreSQL
+//!   checks those row by row inside a statement and could fail on an order the source never
+//!   had. Inserts and deletes never have that problem.
+//! * **Bounded memory.** A run is at most [`MAX_RUN`] rows and at most [`MAX_INFLIGHT`]
+//!   statements are unanswered, so a source transaction of any size streams through.
+//!
+//! Values travel in text form and are cast to the target column's type; NULL stays NULL (a
+//! separate flag, never a string), so NULL and '' stay apart. Unchanged TOAST values are left
+//! out of the SET list, so the target keeps its copy. REPLICA IDENTITY FULL tables are changed
+//! one row per change, through `ctid` of the first row that matches the old values, like
+//! PostgreSQL's own apply.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use postgres_protocol::types::{ArrayDimension, array_to_sql};
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use tokio_postgres::{Client, Statement};
+
+use super::decode::{OldKind, Tuple, Value};
+use super::relation::RelInfo;
+use crate::pg::{Lsn, SqlError, error_text, quote_ident};
+
+/// Most rows in one multi-row statement.
+pub const MAX_RUN: usize = 1000;
+/// Most statements sent and not yet answered.
+pub const MAX_INFLIGHT: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("applying a change to {table}: {message}")]
+    Statement {
+        table: String,
+        message: String,
+        #[source]
+        source: Option<tokio_postgres::Error>,
+    },
+    #[error(transparent)]
+    Sql(#[from] SqlError),
+}
+
+impl ApplyError {
+    /// The target connection broke (as opposed to a statement the target refused).
+    pub fn is_connection(&self) -> bool {
+        let e = match self {
+            ApplyError::Statement { source, .. } => source.as_ref(),
+            ApplyError::Sql(e) => Some(&e.source),
+        };
+        e.is_some_and(|e| e.is_closed() || e.as_db_error().is_none())
+    }
+
+    pub fn hint(&self) -> String {
+        if self.is_connection() {
+            "the target connection broke; pgcutover reconnects and resumes from the last \
+             committed position"
+                .into()
+        } else {
+            "the target refused a change: fix the cause (see the message), then POST \
+             /replication/resume; the failed transaction was not applied"
+                .into()
+        }
+    }
+}
+
+fn bad_value(rel: &RelInfo, what: &str) -> ApplyError {
+    ApplyError::Statement {
+        table: rel.table.display_plain(),
+        message: what.into(),
+        source: None,
+    }
+}
+
+/// A text value (or NULL) bound to a `text` parameter, sent as the bytes pgoutput gave.
+#[derive(Debug)]
+struct TextParam(Option<Bytes>);
+
+impl ToSql for TextParam {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match &self.0 {
+            None => Ok(IsNull::Yes),
+            Some(b) => {
+                out.extend_from_slice(b);
+                Ok(IsNull::No)
+            }
+        }
+    }
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::TEXT
+    }
+    to_sql_checked!();
+}
+
+/// A column of a run, bound to a `text[]` parameter.
+#[derive(Debug)]
+struct TextArrayParam(Vec<Option<Bytes>>);
+
+impl ToSql for TextArrayParam {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        let dim = ArrayDimension {
+            len: i32::try_from(self.0.len())?,
+            lower_bound: 1,
+        };
+        array_to_sql(
+            Some(dim),
+            Type::TEXT.oid(),
+            self.0.iter(),
+            |v, buf| match v {
+                None => Ok(postgres_protocol::IsNull::Yes),
+                Some(b) => {
+                    buf.extend_from_slice(b);
+                    Ok(postgres_protocol::IsNull::No)
+                }
+            },
+            out,
+        )?;
+        Ok(IsNull::No)
+    }
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::TEXT_ARRAY
+    }
+    to_sql_checked!();
+}
+
+/// What a statement does, for one table shape. Masks say which columns take part.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Kind {
+    Insert,
+    /// Identity key; `set` excludes unchanged TOAST columns.
+    Update {
+        set: Vec<bool>,
+    },
+    Delete,
+    /// REPLICA IDENTITY FULL: match the first row equal on the `old` columns.
+    FullUpdate {
+        old: Vec<bool>,
+        set: Vec<bool>,
+    },
+    FullDelete {
+        old: Vec<bool>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct StmtKey {
+    relid: u32,
+    generation: u64,
+    kind: Kind,
+    multi: bool,
+}
+
+/// Consecutive changes of one kind to one table, column-major.
+struct Run {
+    rel: Arc<RelInfo>,
+    kind: Kind,
+    columns: Vec<Vec<Option<Bytes>>>,
+    rows: usize,
+    /// Keys (old and new) touched by the run's updates.
+    keys: HashSet<Vec<Option<Bytes>>>,
+    limit: usize,
+}
+
+type Pending = Pin<Box<dyn Future<Output = Result<u64, tokio_postgres::Error>> + Send>>;
+
+struct InFlight {
+    fut: Pending,
+    /// Rows the statement must touch (updates and deletes), and the table, for conflicts.
+    expect: Option<(u64, Arc<RelInfo>)>,
+}
+
+/// Totals of one committed batch.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Committed {
+    pub changes: u64,
+    pub transactions: u64,
+    /// Updates and deletes that found no row on the target.
+    pub missing_rows: u64,
+}
+
+pub struct Applier {
+    client: Arc<Client>,
+    migration_id: String,
+    begin: Statement,
+    commit: Statement,
+    progress: Statement,
+    in_txn: bool,
+    run: Option<Run>,
+    inflight: VecDeque<InFlight>,
+    stmts: HashMap<StmtKey, Statement>,
+    batch: Committed,
+}
+
+impl Applier {
+    /// Prepare the session. The client must come from [`crate::pg::conn::ConnInfo::connect`].
+    pub async fn new(client: Client, migration_id: &str) -> Result<Applier, SqlError> {
+        let ctx = |what: &'static str| {
+            move |source| SqlError {
+                context: what.into(),
+                source,
+            }
+        };
+        client
+            // pg_catalog only: type names come out schema-qualified, and no object of the
+            // application's schemas can capture an unqualified name of ours.
+            .batch_execute("SET search_path = pg_catalog; SET session_replication_role = replica")
+            .await
+            .map_err(ctx(
+                "setting session_replication_role = replica on the target (the target role \
+                 must be a superuser, or rds_superuser on RDS/Aurora)",
+            ))?;
+        let begin = client
+            .prepare("BEGIN")
+            .await
+            .map_err(ctx("preparing BEGIN"))?;
+        let commit = client
+            .prepare("COMMIT")
+            .await
+            .map_err(ctx("preparing COMMIT"))?;
+        let progress = client
+            .prepare(super::progress::RECORD_SQL)
+            .await
+            .map_err(ctx("preparing the progress update"))?;
+        Ok(Applier {
+            client: Arc::new(client),
+            migration_id: migration_id.to_string(),
+            begin,
+            commit,
+            progress,
+            in_txn: false,
+            run: None,
+            inflight: VecDeque::new(),
+            stmts: HashMap::new(),
+            batch: Committed::default(),
+        })
+    }
+
+    /// The target session, for catalog reads between changes (they queue behind the
+    /// statements in flight, which is what their order requires).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn batch(&self) -> Committed {
+        self.batch
+    }
+
+    pub fn in_batch(&self) -> bool {
+        self.in_txn
+    }
+
+    /// A source transaction starts: open the target transaction if none is open.
+    pub async fn begin(&mut self) -> Result<(), ApplyError> {
+        if !self.in_txn {
+            let stmt = self.begin.clone();
+            self.send(move |c| async move { c.execute(&stmt, &[]).await }, None)
+                .await?;
+            self.in_txn = true;
+            self.batch = Committed::default();
+        }
+        Ok(())
+    }
+
+    pub async fn insert(&mut self, rel: &Arc<RelInfo>, new: Tuple) -> Result<(), ApplyError> {
+        if new.len() != rel.columns.len() {
+            return Err(bad_value(rel, "insert has the wrong number of columns"));
+        }
+        let mut values = Vec::with_capacity(new.len());
+        for v in new {
+            values.push(text_of(rel, v)?);
+        }
+        self.add(rel, Kind::Insert, values, &[]).await
+    }
+
+    pub async fn update(
+        &mut self,
+        rel: &Arc<RelInfo>,
+        old: Option<(OldKind, Tuple)>,
+        new: Tuple,
+    ) -> Result<(), ApplyError> {
+        if new.len() != rel.columns.len() {
+            return Err(bad_value(rel, "update has the wrong number of columns"));
+        }
+        // Unchanged TOAST keeps the target's value; identity columns cannot be SET.
+        let set: Vec<bool> = new
+            .iter()
+            .zip(&rel.columns)
+            .map(|(v, c)| *v != Value::UnchangedToast && !c.always_identity)
+            .collect();
+        if !set.contains(&true) {
+            // Nothing the target can or must change (only kept TOAST and identity columns).
+            return Ok(());
+        }
+        let mut set_values = Vec::with_capacity(new.len());
+        for (v, s) in new.iter().zip(&set) {
+            if *s {
+                set_values.push(text_of(rel, v.clone())?);
+            }
+        }
+        if rel.full_identity() {
+            let Some((_, old)) = old else {
+                return Err(bad_value(
+                    rel,
+                    "update of a REPLICA IDENTITY FULL table without its old row",
+                ));
+            };
+            let (old_mask, old_values) = full_old(rel, old)?;
+            check_identity_unchanged(rel, &old_mask, &old_values, &new)?;
+            set_values.extend(old_values);
+            return self
+                .add(
+                    rel,
+                    Kind::FullUpdate { old: old_mask, set },
+                    set_values,
+                    &[],
+                )
+                .await;
+        }
+        if rel.key.is_empty() {
+            return Err(bad_value(
+                rel,
+                "update of a table without replica identity columns",
+            ));
+        }
+        let old_key = match &old {
+            Some((_, old)) if old.len() == new.len() => Some(key_of(rel, old)?),
+            Some(_) => return Err(bad_value(rel, "old key has the wrong number of columns")),
+            None => None,
+        };
+        let new_key = match key_of(rel, &new) {
+            Ok(k) => k,
+            // A key column sent as unchanged TOAST did not change; the old key says it.
+            Err(_) => old_key
+                .clone()
+                .ok_or_else(|| bad_value(rel, "update without a usable key"))?,
+        };
+        if let Some(k) = &old_key {
+            let key_mask: Vec<bool> = (0..rel.columns.len())
+                .map(|i| rel.key.contains(&i))
+                .collect();
+            check_identity_unchanged(rel, &key_mask, k, &new)?;
+        }
+        let where_key = old_key.clone().unwrap_or_else(|| new_key.clone());
+        set_values.extend(where_key.iter().cloned());
+        let touched = match old_key {
+            Some(k) if k != new_key => vec![k, new_key],
+            _ => vec![new_key],
+        };
+        self.add(rel, Kind::Update { set }, set_values, &touched)
+            .await
+    }
+
+    pub async fn delete(
+        &mut self,
+        rel: &Arc<RelInfo>,
+        old: (OldKind, Tuple),
+    ) -> Result<(), ApplyError> {
+        let (_, old) = old;
+        if old.len() != rel.columns.len() {
+            return Err(bad_value(rel, "delete has the wrong number of columns"));
+        }
+        if rel.full_identity() {
+            let (mask, values) = full_old(rel, old)?;
+            return self
+                .add(rel, Kind::FullDelete { old: mask }, values, &[])
+                .await;
+        }
+        if rel.key.is_empty() {
+            return Err(bad_value(
+                rel,
+                "delete from a table without replica identity columns",
+            ));
+        }
+        let key = key_of(rel, &old)?;
+        self.add(rel, Kind::Delete, key, &[]).await
+    }
+
+    /// TRUNCATE the given tables, with the options the source used.
+    pub async fn truncate(
+        &mut self,
+        rels: &[Arc<RelInfo>],
+        cascade: bool,
+        restart_identity: bool,
+    ) -> Result<(), ApplyError> {
+        if rels.is_empty() {
+            return Ok(());
+        }
+        self.flush_run().await?;
+        let list: Vec<String> = rels.iter().map(|r| r.table.to_string()).collect();
+        let sql = format!(
+            "TRUNCATE ONLY {}{}{}",
+            list.join(", "),
+            if restart_identity {
+                " RESTART IDENTITY"
+            } else {
+                ""
+            },
+            if cascade { " CASCADE" } else { "" }
+        );
+        self.send(
+            move |c| async move { c.batch_execute(&sql).await.map(|_| 0) },
+            None,
+        )
+        .await?;
+        self.batch.changes += 1;
+        Ok(())
+    }
+
+    /// A source transaction's changes are all sent.
+    pub fn end_source_txn(&mut self) {
+        self.batch.transactions += 1;
+    }
+
+    /// Commit the target transaction with `applied` (a source commit's end) as the new
+    /// position; on return everything up to it is durable on the target.
+    pub async fn commit(&mut self, applied: Lsn) -> Result<Committed, ApplyError> {
+        if !self.in_txn {
+            return Ok(Committed::default());
+        }
+        self.flush_run().await?;
+        let (progress, commit) = (self.progress.clone(), self.commit.clone());
+        let (lsn, id) = (applied.to_string(), self.migration_id.clone());
+        self.send(
+            move |c| async move { c.execute(&progress, &[&lsn, &id]).await },
+            None,
+        )
+        .await?;
+        self.send(move |c| async move { c.execute(&commit, &[]).await }, None)
+            .await?;
+        self.drain().await?;
+        self.in_txn = false;
+        Ok(std::mem::take(&mut self.batch))
+    }
+
+    /// Give up the open target transaction (nothing of it is applied).
+    pub async fn rollback(&mut self) -> Result<(), SqlError> {
+        self.inflight.clear();
+        self.run = None;
+        if self.in_txn {
+            self.in_txn = false;
+            self.client
+                .batch_execute("ROLLBACK")
+                .await
+                .map_err(|source| SqlError {
+                    context: "rolling back the target transaction".into(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    async fn add(
+        &mut self,
+        rel: &Arc<RelInfo>,
+        kind: Kind,
+        values: Vec<Option<Bytes>>,
+        touched: &[Vec<Option<Bytes>>],
+    ) -> Result<(), ApplyError> {
+        self.batch.changes += 1;
+        let fits = self.run.as_ref().is_some_and(|r| {
+            r.rel.relid == rel.relid
+                && r.rel.generation == rel.generation
+                && r.kind == kind
+                && r.rows < r.limit
+                && touched.iter().all(|k| !r.keys.contains(k))
+        });
+        if !fits {
+            self.flush_run().await?;
+            let limit = match kind {
+                Kind::Insert | Kind::Delete => MAX_RUN,
+                Kind::Update { .. } if !rel.extra_unique => MAX_RUN,
+                _ => 1,
+            };
+            self.run = Some(Run {
+                rel: rel.clone(),
+                kind,
+                columns: vec![Vec::new(); values.len()],
+                rows: 0,
+                keys: HashSet::new(),
+                limit,
+            });
+        }
+        let run = self.run.as_mut().expect("a run was just ensured");
+        for (col, v) in run.columns.iter_mut().zip(values) {
+            col.push(v);
+        }
+        run.rows += 1;
+        run.keys.extend(touched.iter().cloned());
+        if run.rows >= run.limit {
+            self.flush_run().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush_run(&mut self) -> Result<(), ApplyError> {
+        let Some(run) = self.run.take() else {
+            return Ok(());
+        };
+        let multi = run.rows > 1;
+        let key = StmtKey {
+            relid: run.rel.relid,
+            generation: run.rel.generation,
+            kind: run.kind.clone(),
+            multi,
+        };
+        let stmt = match self.stmts.get(&key) {
+            Some(s) => s.clone(),
+            None => {
+                let sql = statement_sql(&run.rel, &run.kind, multi);
+                match self.client.prepare(&sql).await {
+                    Ok(s) => {
+                        self.stmts.insert(key, s.clone());
+                        s
+                    }
+                    Err(e) => return Err(self.first_error(&run.rel, e).await),
+                }
+            }
+        };
+        let params: Vec<Box<dyn ToSql + Send + Sync>> = if multi {
+            run.columns
+                .into_iter()
+                .map(|c| Box::new(TextArrayParam(c)) as Box<dyn ToSql + Send + Sync>)
+                .collect()
+        } else {
+            run.columns
+                .into_iter()
+                .map(|mut c| Box::new(TextParam(c.pop().flatten())) as Box<dyn ToSql + Send + Sync>)
+                .collect()
+        };
+        let expect = match run.kind {
+            Kind::Insert => None,
+            _ => Some((run.rows as u64, run.rel.clone())),
+        };
+        self.send(
+            move |c| async move {
+                let refs: Vec<&(dyn ToSql + Sync)> = params
+                    .iter()
+                    .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+                    .collect();
+                c.execute(&stmt, &refs).await
+            },
+            expect,
+        )
+        .await
+    }
+
+    /// Send a statement now (see the module docs on ordering) and queue its answer.
+    async fn send<F, Fut>(
+        &mut self,
+        make: F,
+        expect: Option<(u64, Arc<RelInfo>)>,
+    ) -> Result<(), ApplyError>
+    where
+        F: FnOnce(Arc<Client>) -> Fut,
+        Fut: Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'static,
+    {
+        let mut fut: Pending = Box::pin(make(self.client.clone()));
+        let first_poll = {
+            let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+            fut.as_mut().poll(&mut cx)
+        };
+        match first_poll {
+            Poll::Ready(result) => {
+                self.inflight.push_back(InFlight {
+                    fut: Box::pin(std::future::ready(result)),
+                    expect,
+                });
+            }
+            Poll::Pending => self.inflight.push_back(InFlight { fut, expect }),
+        }
+        while self.inflight.len() > MAX_INFLIGHT {
+            self.settle_one().await?;
+        }
+        Ok(())
+    }
+
+    async fn settle_one(&mut self) -> Result<(), ApplyError> {
+        let Some(f) = self.inflight.pop_front() else {
+            return Ok(());
+        };
+        match f.fut.await {
+            Ok(n) => {
+                if let Some((want, rel)) = f.expect
+                    && n < want
+                {
+                    self.batch.missing_rows += want - n;
+                    tracing::warn!(table = %rel.table.display_plain(), missing = want - n,
+                        "rows to update or delete were not found on the target");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let table = f
+                    .expect
+                    .map(|(_, r)| r.table.display_plain())
+                    .unwrap_or_else(|| "the target".into());
+                self.inflight.clear();
+                Err(ApplyError::Statement {
+                    table,
+                    message: error_text(&e),
+                    source: Some(e),
+                })
+            }
+        }
+    }
+
+    async fn drain(&mut self) -> Result<(), ApplyError> {
+        while !self.inflight.is_empty() {
+            self.settle_one().await?;
+        }
+        Ok(())
+    }
+
+    /// The error to report when `e` happened with statements in flight: the first of theirs,
+    /// if one failed (then `e` is only its consequence).
+    async fn first_error(&mut self, rel: &RelInfo, e: tokio_postgres::Error) -> ApplyError {
+        match self.drain().await {
+            Err(first) => first,
+            Ok(()) => ApplyError::Statement {
+                table: rel.table.display_plain(),
+                message: error_text(&e),
+                source: Some(e),
+            },
+        }
+    }
+}
+
+fn text_of(rel: &RelInfo, v: Value) -> Result<Option<Bytes>, ApplyError> {
+    match v {
+        Value::Null => Ok(None),
+        Value::Text(b) => Ok(Some(b)),
+        Value::UnchangedToast => Err(bad_value(
+            rel,
+            "unchanged TOAST value where a value is needed",
+        )),
+        Value::Binary(_) => Err(bad_value(rel, "binary value in a text-mode stream")),
+    }
+}
+
+/// An identity column (GENERATED ALWAYS) cannot be changed by UPDATE on the target; the
+/// source changes one only through `SET col = DEFAULT`. Say so rather than lose the change.
+/// `mask`/`old` are the old columns present and their values, in column order.
+fn check_identity_unchanged(
+    rel: &RelInfo,
+    mask: &[bool],
+    old: &[Option<Bytes>],
+    new: &Tuple,
+) -> Result<(), ApplyError> {
+    let mut old_values = old.iter();
+    for (i, present) in mask.iter().enumerate() {
+        if !present {
+            continue;
+        }
+        let before = old_values.next();
+        let c = &rel.columns[i];
+        if c.always_identity
+            && let (Some(before), Value::Text(after)) = (before, &new[i])
+            && before.as_ref() != Some(after)
+        {
+            return Err(bad_value(
+                rel,
+                &format!(
+                    "the source changed identity column {} (GENERATED ALWAYS), which UPDATE \
+                     cannot do on the target; make it GENERATED BY DEFAULT on the target",
+                    c.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn key_of(rel: &RelInfo, tuple: &Tuple) -> Result<Vec<Option<Bytes>>, ApplyError> {
+    rel.key
+        .iter()
+        .map(|&i| text_of(rel, tuple[i].clone()))
+        .collect()
+}
+
+/// Which old columns to match on (all but unchanged TOAST) and their values.
+fn full_old(rel: &RelInfo, old: Tuple) -> Result<(Vec<bool>, Vec<Option<Bytes>>), ApplyError> {
+    if old.len() != rel.columns.len() {
+        return Err(bad_value(rel, "old row has the wrong number of columns"));
+    }
+    let mask: Vec<bool> = old.iter().map(|v| *v != Value::UnchangedToast).collect();
+    let mut values = Vec::with_capacity(old.len());
+    for v in old.into_iter().filter(|v| *v != Value::UnchangedToast) {
+        values.push(text_of(rel, v)?);
+    }
+    Ok((mask, values))
+}
+
+/// The SQL of one statement. Parameters are text (`$n::text`) or text arrays, in this order:
+/// SET or inserted columns, then key or old-row columns.
+fn statement_sql(rel: &RelInfo, kind: &Kind, multi: bool) -> String {
+    let t = rel.table.to_string();
+    let all: Vec<usize> = (0..rel.columns.len()).collect();
+    let picked =
+        |mask: &[bool]| -> Vec<usize> { all.iter().copied().filter(|&i| mask[i]).collect() };
+    let col = |i: usize| quote_ident(&rel.columns[i].name);
+    let cast = |i: usize| rel.columns[i].cast.as_str();
+    let mut n = 0;
+    let mut param = || {
+        n += 1;
+        n
+    };
+    match (kind, multi) {
+        (Kind::Insert, false) => {
+            let cols: Vec<String> = all.iter().map(|&i| col(i)).collect();
+            let vals: Vec<String> = all
+                .iter()
+                .map(|&i| format!("${}::text::{}", param(), cast(i)))
+                .collect();
+            format!(
+                "INSERT INTO {t} ({}){} VALUES ({})",
+                cols.join(", "),
+                overriding(rel),
+                vals.join(", ")
+            )
+        }
+        (Kind::Insert, true) => {
+            let cols: Vec<String> = all.iter().map(|&i| col(i)).collect();
+            let arrays: Vec<String> = all
+                .iter()
+                .map(|_| format!("${}::text[]", param()))
+                .collect();
+            let names: Vec<String> = all.iter().map(|i| format!("p{i}")).collect();
+            let vals: Vec<String> = all
+                .iter()
+                .map(|&i| format!("v.p{i}::{}", cast(i)))
+                .collect();
+            format!(
+                "INSERT INTO {t} ({}){} SELECT {} FROM unnest({}) AS v({})",
+                cols.join(", "),
+                overriding(rel),
+                vals.join(", "),
+                arrays.join(", "),
+                names.join(", ")
+            )
+        }
+        (Kind::Update { set }, false) => {
+            let sets: Vec<String> = picked(set)
+                .into_iter()
+                .map(|i| format!("{} = ${}::text::{}", col(i), param(), cast(i)))
+                .collect();
+            let conds: Vec<String> = rel
+                .key
+                .iter()
+                .map(|&i| format!("{} = ${}::text::{}", col(i), param(), cast(i)))
+                .collect();
+            format!(
+                "UPDATE ONLY {t} SET {} WHERE {}",
+                sets.join(", "),
+                conds.join(" AND ")
+            )
+        }
+        (Kind::Update { set }, true) => {
+            let set_cols = picked(set);
+            let mut arrays = Vec::new();
+            let mut names = Vec::new();
+            for &i in &set_cols {
+                arrays.push(format!("${}::text[]", param()));
+                names.push(format!("p{i}"));
+            }
+            for &i in &rel.key {
+                arrays.push(format!("${}::text[]", param()));
+                names.push(format!("k{i}"));
+            }
+            let sets: Vec<String> = set_cols
+                .iter()
+                .map(|&i| format!("{} = v.p{i}::{}", col(i), cast(i)))
+                .collect();
+            let conds: Vec<String> = rel
+                .key
+                .iter()
+                .map(|&i| format!("t.{} = v.k{i}::{}", col(i), cast(i)))
+                .collect();
+            format!(
+                "UPDATE ONLY {t} AS t SET {} FROM unnest({}) AS v({}) WHERE {}",
+                sets.join(", "),
+                arrays.join(", "),
+                names.join(", "),
+                conds.join(" AND ")
+            )
+        }
+        (Kind::Delete, false) => {
+            let conds: Vec<String> = rel
+                .key
+                .iter()
+                .map(|&i| format!("{} = ${}::text::{}", col(i), param(), cast(i)))
+                .collect();
+            format!("DELETE FROM ONLY {t} WHERE {}", conds.join(" AND "))
+        }
+        (Kind::Delete, true) => {
+            let arrays: Vec<String> = rel
+                .key
+                .iter()
+                .map(|_| format!("${}::text[]", param()))
+                .collect();
+            let names: Vec<String> = rel.key.iter().map(|i| format!("k{i}")).collect();
+            let conds: Vec<String> = rel
+                .key
+                .iter()
+                .map(|&i| format!("t.{} = v.k{i}::{}", col(i), cast(i)))
+                .collect();
+            format!(
+                "DELETE FROM ONLY {t} AS t USING unnest({}) AS v({}) WHERE {}",
+                arrays.join(", "),
+                names.join(", "),
+                conds.join(" AND ")
+            )
+        }
+        (Kind::FullUpdate { old, set }, _) => {
+            let sets: Vec<String> = picked(set)
+                .into_iter()
+                .map(|i| format!("{} = ${}::text::{}", col(i), param(), cast(i)))
+                .collect();
+            let matched = full_match(rel, &picked(old), &mut param);
+            format!(
+                "UPDATE ONLY {t} SET {} WHERE ctid = {matched}",
+                sets.join(", ")
+            )
+        }
+        (Kind::FullDelete { old }, _) => {
+            let matched = full_match(rel, &picked(old), &mut param);
+            format!("DELETE FROM ONLY {t} WHERE ctid = {matched}")
+        }
+    }
+}
+
+fn overriding(rel: &RelInfo) -> &'static str {
+    if rel.columns.iter().any(|c| c.always_identity) {
+        " OVERRIDING SYSTEM VALUE"
+    } else {
+        ""
+    }
+}
+
+/// `(SELECT ctid ... LIMIT 1)` of the first row equal to the old values. Values are compared
+/// in the target type's text form, so types without an equality operator (json, point, xml)
+/// match too, and NULL matches NULL.
+fn full_match(rel: &RelInfo, cols: &[usize], param: &mut impl FnMut() -> usize) -> String {
+    let t = rel.table.to_string();
+    let conds: Vec<String> = cols
+        .iter()
+        .map(|&i| {
+            format!(
+                "s.{c}::text IS NOT DISTINCT FROM (${p}::text::{ty})::text",
+                c = quote_ident(&rel.columns[i].name),
+                p = param(),
+                ty = rel.columns[i].cast
+            )
+        })
+        .collect();
+    let conds = if conds.is_empty() {
+        "true".to_string()
+    } else {
+        conds.join(" AND ")
+    };
+    format!("(SELECT s.ctid FROM ONLY {t} AS s WHERE {conds} LIMIT 1)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cdc::relation::ColInfo;
+    use crate::pg::TableName;
+
+    fn rel(identity: u8) -> RelInfo {
+        let c = |name: &str, cast: &str, key: bool| ColInfo {
+            name: name.into(),
+            cast: cast.into(),
+            key,
+            always_identity: false,
+        };
+        RelInfo {
+            relid: 1,
+            table: TableName::new("app", "Odd \"name\""),
+            identity,
+            columns: vec![
+                c("id", "integer", true),
+                c("note", "text", false),
+                c("doc", "jsonb", false),
+            ],
+            key: vec![0],
+            skip_before: Lsn(0),
+            extra_unique: false,
+            generation: 1,
+        }
+    }
+
+    #[test]
+    fn statements_quote_names_and_number_parameters_in_order() {
+        let r = rel(b'd');
+        assert_eq!(
+            statement_sql(&r, &Kind::Insert, false),
+            "INSERT INTO \"app\".\"Odd \"\"name\"\"\" (\"id\", \"note\", \"doc\") VALUES ($1::text::integer, \
+             $2::text::text, $3::text::jsonb)"
+        );
+        let upd = Kind::Update {
+            set: vec![true, false, true],
+        };
+        assert_eq!(
+            statement_sql(&r, &upd, false),
+            "UPDATE ONLY \"app\".\"Odd \"\"name\"\"\" SET \"id\" = $1::text::integer, \"doc\" = \
+             $2::text::jsonb WHERE \"id\" = $3::text::integer"
+        );
+        assert_eq!(
+            statement_sql(&r, &upd, true),
+            "UPDATE ONLY \"app\".\"Odd \"\"name\"\"\" AS t SET \"id\" = v.p0::integer, \"doc\" = \
+             v.p2::jsonb FROM unnest($1::text[], $2::text[], $3::text[]) AS v(p0, p2, k0) \
+             WHERE t.\"id\" = v.k0::integer"
+        );
+        assert_eq!(
+            statement_sql(&r, &Kind::Delete, true),
+            "DELETE FROM ONLY \"app\".\"Odd \"\"name\"\"\" AS t USING unnest($1::text[]) AS v(k0) \
+             WHERE t.\"id\" = v.k0::integer"
+        );
+        let full = Kind::FullDelete {
+            old: vec![true, true, false],
+        };
+        assert_eq!(
+            statement_sql(&rel(b'f'), &full, false),
+            "DELETE FROM ONLY \"app\".\"Odd \"\"name\"\"\" WHERE ctid = (SELECT s.ctid FROM ONLY \
+             \"app\".\"Odd \"\"name\"\"\" AS s WHERE s.\"id\"::text IS NOT DISTINCT FROM \
+             ($1::text::integer)::text AND s.\"note\"::text IS NOT DISTINCT FROM \
+             ($2::text::text)::text LIMIT 1)"
+        );
+    }
+}

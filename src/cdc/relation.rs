@@ -1,0 +1,322 @@
+//! What the stream says about each table, checked against the target.
+//!
+//! pgoutput sends a Relation message before the first change of a table in each session and
+//! again after any DDL on it, so Relation messages are where schema changes on the source show
+//! up. Every one of them is compared with the target table's columns (names, types, type
+//! modifiers; generated columns are not sent and not compared). A difference stops the apply
+//! before any change of the enclosing source transaction commits, with a message that names
+//! the table and each difference. Rows for a relation id that has not been described are
+//! refused: applying them would mean guessing their columns.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use tokio_postgres::Client;
+
+use super::decode::Relation;
+use crate::pg::{Lsn, SqlContext, SqlError, TableName};
+
+/// OIDs below this are built in and identical on every PostgreSQL server.
+const FIRST_NORMAL_OBJECT_ID: u32 = 16384;
+
+/// One column as the apply uses it.
+#[derive(Clone, Debug)]
+pub struct ColInfo {
+    pub name: String,
+    /// The target's type, schema-qualified when not in pg_catalog, for `::type` casts.
+    pub cast: String,
+    /// Part of the replica identity.
+    pub key: bool,
+    /// `GENERATED ALWAYS AS IDENTITY` on the target: inserted with `OVERRIDING SYSTEM VALUE`,
+    /// never in a SET list (PostgreSQL refuses it; the source cannot change it either, short
+    /// of `SET col = DEFAULT`, which is reported).
+    pub always_identity: bool,
+}
+
+/// A described, checked relation.
+#[derive(Debug)]
+pub struct RelInfo {
+    pub relid: u32,
+    pub table: TableName,
+    /// `d`, `i`, `f` or `n`.
+    pub identity: u8,
+    /// In the order the stream sends values.
+    pub columns: Vec<ColInfo>,
+    /// Positions of the identity columns in `columns`.
+    pub key: Vec<usize>,
+    /// Changes committed before this position are already in the table's copy.
+    pub skip_before: Lsn,
+    /// The target has unique or exclusion constraints besides the identity key, which a
+    /// multi-row UPDATE could trip over in between rows: such tables are updated row by row.
+    pub extra_unique: bool,
+    /// Bumped each time the relation is described again, so statements built for an older
+    /// shape are not reused.
+    pub generation: u64,
+}
+
+impl RelInfo {
+    pub fn full_identity(&self) -> bool {
+        self.identity == b'f'
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelationError {
+    #[error(
+        "the source's table {table} no longer matches the target: {}",
+        differences.join("; ")
+    )]
+    Drift {
+        table: String,
+        differences: Vec<String>,
+    },
+    #[error("the source sent changes for table {table}, which is not part of this migration")]
+    NotMigrated { table: String },
+    #[error("table {table} is missing on the target")]
+    MissingOnTarget { table: String },
+    #[error("the stream sent a row for relation id {relid} before describing it")]
+    Unknown { relid: u32 },
+    #[error(
+        "table {table} has no replica identity columns; its updates and deletes cannot be applied"
+    )]
+    NoKey { table: String },
+    #[error(transparent)]
+    Sql(#[from] SqlError),
+}
+
+impl RelationError {
+    pub fn hint(&self) -> String {
+        match self {
+            RelationError::Drift { table, .. } => format!(
+                "make {table} on the target match the source (run the same ALTER TABLE there), \
+                 then POST /replication/resume or restart pgcutover: nothing of the stopped \
+                 transaction was applied"
+            ),
+            RelationError::NotMigrated { .. } => "the publication was changed by hand: \
+                 restore it to the migration's tables, or clean up and start over"
+                .into(),
+            RelationError::MissingOnTarget { table } => format!(
+                "create {table} on the target like the source, then POST /replication/resume"
+            ),
+            RelationError::Unknown { .. } => {
+                "restart pgcutover; if it happens again, report it with the log".into()
+            }
+            RelationError::NoKey { table } => format!(
+                "give {table} a primary key or REPLICA IDENTITY FULL on the source and the \
+                 target, then POST /replication/resume"
+            ),
+            RelationError::Sql(_) => "check the target's log for the reason".into(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct TargetColumn {
+    name: String,
+    type_oid: u32,
+    typmod: i32,
+    type_ns: String,
+    type_name: String,
+    /// For a domain, the type it is based on (what pgoutput's Type message names).
+    base_ns: String,
+    base_name: String,
+    display: String,
+    always_identity: bool,
+}
+
+#[derive(Default)]
+pub struct RelationCache {
+    rels: HashMap<u32, Arc<RelInfo>>,
+    /// Non-built-in types the stream described: oid → (schema, name).
+    types: HashMap<u32, (String, String)>,
+    generation: u64,
+}
+
+impl RelationCache {
+    pub fn get(&self, relid: u32) -> Result<&Arc<RelInfo>, RelationError> {
+        self.rels
+            .get(&relid)
+            .ok_or(RelationError::Unknown { relid })
+    }
+
+    pub fn note_type(&mut self, oid: u32, namespace: String, name: String) {
+        self.types.insert(oid, (namespace, name));
+    }
+
+    /// Check a Relation message against the target and remember it.
+    pub async fn describe(
+        &mut self,
+        target: &Client,
+        rel: &Relation,
+        snapshots: &BTreeMap<TableName, Lsn>,
+    ) -> Result<Arc<RelInfo>, RelationError> {
+        let table = TableName::new(rel.namespace.clone(), rel.name.clone());
+        let skip_before = *snapshots
+            .get(&table)
+            .ok_or_else(|| RelationError::NotMigrated {
+                table: table.display_plain(),
+            })?;
+        let (cols, extra_unique) = target_columns(target, &table).await?;
+        if cols.is_empty() {
+            return Err(RelationError::MissingOnTarget {
+                table: table.display_plain(),
+            });
+        }
+        let differences = self.differences(target, rel, &cols).await?;
+        if !differences.is_empty() {
+            return Err(RelationError::Drift {
+                table: table.display_plain(),
+                differences,
+            });
+        }
+        let by_name: HashMap<&str, &TargetColumn> =
+            cols.iter().map(|c| (c.name.as_str(), c)).collect();
+        let columns: Vec<ColInfo> = rel
+            .columns
+            .iter()
+            .map(|c| ColInfo {
+                name: c.name.clone(),
+                cast: by_name[c.name.as_str()].display.clone(),
+                key: c.key,
+                always_identity: by_name[c.name.as_str()].always_identity,
+            })
+            .collect();
+        let key: Vec<usize> = (0..columns.len()).filter(|&i| columns[i].key).collect();
+        self.generation += 1;
+        let info = Arc::new(RelInfo {
+            relid: rel.relid,
+            table,
+            identity: rel.replica_identity,
+            columns,
+            key,
+            skip_before,
+            extra_unique,
+            generation: self.generation,
+        });
+        self.rels.insert(rel.relid, info.clone());
+        Ok(info)
+    }
+
+    async fn differences(
+        &self,
+        target: &Client,
+        rel: &Relation,
+        cols: &[TargetColumn],
+    ) -> Result<Vec<String>, SqlError> {
+        let mut out = Vec::new();
+        for c in &rel.columns {
+            let Some(t) = cols.iter().find(|t| t.name == c.name) else {
+                out.push(format!(
+                    "column {} is on the source but not on the target",
+                    c.name
+                ));
+                continue;
+            };
+            let same_type = if c.type_oid < FIRST_NORMAL_OBJECT_ID {
+                c.type_oid == t.type_oid
+            } else {
+                // pgoutput names a domain by its base type, and pg_catalog as "".
+                self.types.get(&c.type_oid).is_some_and(|(ns, name)| {
+                    let ns = if ns.is_empty() { "pg_catalog" } else { ns };
+                    (ns == t.type_ns && *name == t.type_name)
+                        || (ns == t.base_ns && *name == t.base_name)
+                })
+            };
+            if !same_type || c.type_modifier != t.typmod {
+                let source_type = if c.type_oid < FIRST_NORMAL_OBJECT_ID {
+                    // Built-in OIDs mean the same type on the target, which can spell it.
+                    target
+                        .query_one(
+                            "SELECT format_type($1::int8::oid, $2)",
+                            &[&i64::from(c.type_oid), &c.type_modifier],
+                        )
+                        .await
+                        .ctx(|| "naming a column type".into())?
+                        .get::<_, String>(0)
+                } else {
+                    match self.types.get(&c.type_oid) {
+                        Some((ns, name)) => format!("{ns}.{name}"),
+                        None => format!("type oid {}", c.type_oid),
+                    }
+                };
+                out.push(format!(
+                    "column {} is {} on the source but {} on the target",
+                    c.name, source_type, t.display
+                ));
+            }
+        }
+        for t in cols {
+            if !rel.columns.iter().any(|c| c.name == t.name) {
+                out.push(format!(
+                    "column {} is on the target but not on the source",
+                    t.name
+                ));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The target table's stored (not generated, not dropped) columns, and whether it has unique
+/// or exclusion constraints other than its replica identity. Empty when the table is absent.
+async fn target_columns(
+    target: &Client,
+    table: &TableName,
+) -> Result<(Vec<TargetColumn>, bool), SqlError> {
+    let rows = target
+        .query(
+            "SELECT a.attname::text, a.atttypid::int8, a.atttypmod, tn.nspname::text,
+                    t.typname::text, format_type(a.atttypid, a.atttypmod),
+                    bn.nspname::text, b.typname::text, a.attidentity = 'a'
+               FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+               JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid
+               JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+               JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace
+               LEFT JOIN pg_catalog.pg_type d1 ON d1.oid = t.typbasetype
+               LEFT JOIN pg_catalog.pg_type d2 ON d2.oid = d1.typbasetype
+               JOIN pg_catalog.pg_type b ON b.oid = coalesce(d2.oid, d1.oid, t.oid)
+               JOIN pg_catalog.pg_namespace bn ON bn.oid = b.typnamespace
+              WHERE n.nspname = $1 AND c.relname = $2
+                AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+              ORDER BY a.attnum",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .ctx(|| {
+            format!(
+                "reading the columns of {} on the target",
+                table.display_plain()
+            )
+        })?;
+    let cols = rows
+        .iter()
+        .map(|r| TargetColumn {
+            name: r.get(0),
+            type_oid: r.get::<_, i64>(1) as u32,
+            typmod: r.get(2),
+            type_ns: r.get(3),
+            type_name: r.get(4),
+            display: r.get(5),
+            base_ns: r.get(6),
+            base_name: r.get(7),
+            always_identity: r.get(8),
+        })
+        .collect();
+    let extra_unique: bool = target
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+                             WHERE i.indrelid = c.oid AND i.indisunique
+                               AND NOT i.indisprimary AND NOT i.indisreplident)
+                 OR EXISTS (SELECT 1 FROM pg_catalog.pg_constraint x
+                             WHERE x.conrelid = c.oid AND x.contype = 'x')
+               FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = $1 AND c.relname = $2",
+            &[&table.schema, &table.name],
+        )
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or(false);
+    Ok((cols, extra_unique))
+}
