@@ -176,3 +176,263 @@ async fn every_change_kind_converges_with_writes_during_and_after_the_load() {
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// The target's applied position and the slot's confirmed position, as numbers.
+async fn applied_and_confirmed(src: &Client, tgt: &Client) -> (Option<i64>, Option<i64>) {
+    let applied = tgt
+        .query_one(
+            "SELECT (applied_lsn - '0/0')::bigint FROM pgcutover.migration",
+            &[],
+        )
+        .await
+        .ok()
+        .and_then(|r| r.get::<_, Option<i64>>(0));
+    let confirmed = src
+        .query_one(
+            "SELECT (confirmed_flush_lsn - '0/0')::bigint FROM pg_replication_slots \
+              WHERE slot_name = 'pgcutover_t'",
+            &[],
+        )
+        .await
+        .ok()
+        .and_then(|r| r.get::<_, Option<i64>>(0));
+    (applied, confirmed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_and_between_commit_and_feedback_loses_and_repeats_nothing() {
+    let pair = Pair::start().await;
+    pair.src()
+        .await
+        .batch_execute(&fixture("cdc_extra.sql"))
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = start_writer(pair.src().await, stop.clone());
+    let (src, tgt) = (pair.src().await, pair.tgt().await);
+
+    let mut daemon = DaemonProc::spawn(&pair, "");
+    let mut ahead_of_slot = false;
+    for round in 0..8 {
+        wait_for(LIMIT, "changes to be applied", || async {
+            let before = applied_and_confirmed(&src, &tgt).await.0;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let after = applied_and_confirmed(&src, &tgt).await.0;
+            after.is_some() && after > before
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(150 + 170 * round)).await;
+        daemon.kill();
+        // With the process dead both positions are final: the target committed more than the
+        // slot was told, the window between commit and feedback.
+        if let (Some(applied), Some(confirmed)) = applied_and_confirmed(&src, &tgt).await {
+            ahead_of_slot |= applied > confirmed;
+        }
+        daemon = DaemonProc::spawn(&pair, "");
+        if round >= 3 && ahead_of_slot {
+            break;
+        }
+    }
+    assert!(
+        ahead_of_slot,
+        "no kill landed between a target commit and the slot's feedback"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let caught_up = tokio::time::timeout(LIMIT, wait_caught_up(&src, &tgt, LIMIT)).await;
+    assert!(caught_up.is_ok(), "log:\n{}", daemon_log(&pair));
+    assert_same(&pair).await;
+    drop(daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_row_transaction_survives_sigkill_in_its_middle_in_bounded_memory() {
+    let pair = Pair::start().await;
+    let src = pair.src().await;
+    src.batch_execute(
+        "CREATE TABLE marker (id serial PRIMARY KEY);
+         CREATE TABLE bulk (id int PRIMARY KEY, v text, n numeric);",
+    )
+    .await
+    .unwrap();
+    let tgt = pair.tgt().await;
+    let mut daemon = DaemonProc::spawn(&pair, "");
+    let caught_up = tokio::time::timeout(LIMIT, wait_caught_up(&src, &tgt, LIMIT)).await;
+    assert!(caught_up.is_ok(), "log:\n{}", daemon_log(&pair));
+
+    src.batch_execute(
+        "INSERT INTO bulk SELECT g, md5(g::text), g / 3.0 FROM generate_series(1, 1000000) g",
+    )
+    .await
+    .unwrap();
+    // Kill once the apply has been writing the transaction for a while.
+    wait_for(
+        LIMIT,
+        "the apply to be inside the big transaction",
+        || async {
+            tgt.query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgcutover-apply'
+                AND backend_xid IS NOT NULL AND now() - xact_start > interval '1 second'",
+                &[],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0) == 1)
+            .unwrap_or(false)
+        },
+    )
+    .await;
+    let peak = daemon.peak_rss().unwrap_or(0);
+    daemon.kill();
+    // Nothing of the transaction is visible: it commits whole or not at all.
+    assert_eq!(scalar(&tgt, "SELECT count(*) FROM bulk").await, 0);
+
+    let daemon = DaemonProc::spawn(&pair, "");
+    let caught_up = tokio::time::timeout(
+        Duration::from_secs(300),
+        wait_caught_up(&src, &tgt, Duration::from_secs(300)),
+    )
+    .await;
+    assert!(caught_up.is_ok(), "log:\n{}", daemon_log(&pair));
+    assert_eq!(scalar(&tgt, "SELECT count(*) FROM bulk").await, 1_000_000);
+    assert_same(&pair).await;
+    let peak = peak.max(daemon.peak_rss().unwrap_or(0));
+    assert!(
+        peak < 150 << 20,
+        "the daemon held {} MB while applying the transaction",
+        peak >> 20
+    );
+}
+
+/// Wait for the stream to stop on a schema difference; return the error and its hint.
+async fn stopped_with(addr: std::net::SocketAddr) -> (String, String) {
+    wait_for(LIMIT, "the change stream to stop", || async {
+        get(addr, "/status").await.1["stage"] == "stopped"
+    })
+    .await;
+    let (_, status) = get(addr, "/status").await;
+    (
+        status["error"]["error"].as_str().unwrap().to_string(),
+        status["error"]["hint"].as_str().unwrap().to_string(),
+    )
+}
+
+async fn resume(addr: std::net::SocketAddr) {
+    let (code, body) = http(addr, "POST", "/replication/resume", None).await;
+    assert_eq!(code, 202, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_changes_stop_the_apply_clearly_and_resume_once_the_target_matches() {
+    let pair = Pair::start().await;
+    let src = pair.src().await;
+    src.batch_execute(
+        "CREATE TABLE marker (id serial PRIMARY KEY);
+         CREATE TABLE items (id int PRIMARY KEY, name text, price numeric(10, 2));
+         INSERT INTO items SELECT g, 'i' || g, g FROM generate_series(1, 100) g;",
+    )
+    .await
+    .unwrap();
+    let tgt = pair.tgt().await;
+    let (addr, stop_tx, server) = start_daemon(&pair, "").await;
+    wait_caught_up(&src, &tgt, LIMIT).await;
+
+    // Resume when nothing is stopped is refused.
+    let (code, body) = http(addr, "POST", "/replication/resume", None).await;
+    assert_eq!(code, 409, "{body}");
+    assert!(body["hint"].is_string());
+
+    // A new column: the transaction that uses it stops the apply, and none of it lands.
+    run_each(
+        &src,
+        &[
+            "ALTER TABLE items ADD COLUMN stock int",
+            "BEGIN; UPDATE items SET name = 'before' WHERE id = 1;
+           INSERT INTO items VALUES (1000, 'new', 1, 5); COMMIT",
+        ],
+    )
+    .await;
+    let (error, hint) = stopped_with(addr).await;
+    assert!(error.contains("public.items"), "{error}");
+    assert!(
+        error.contains("column stock is on the source but not on the target"),
+        "{error}"
+    );
+    assert!(
+        hint.contains("ALTER TABLE") && hint.contains("/replication/resume"),
+        "{hint}"
+    );
+    assert_eq!(
+        scalar(
+            &tgt,
+            "SELECT count(*) FROM items WHERE id = 1000 OR name = 'before'"
+        )
+        .await,
+        0
+    );
+    // Resuming before the target is fixed stops again, with the same message.
+    resume(addr).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(stopped_with(addr).await.0.contains("column stock"));
+    tgt.batch_execute("ALTER TABLE items ADD COLUMN stock int")
+        .await
+        .unwrap();
+    resume(addr).await;
+    wait_caught_up(&src, &tgt, LIMIT).await;
+    assert_eq!(
+        scalar(
+            &tgt,
+            "SELECT count(*) FROM items WHERE id = 1000 AND stock = 5"
+        )
+        .await,
+        1
+    );
+
+    // A type change.
+    run_each(
+        &src,
+        &[
+            "ALTER TABLE items ALTER COLUMN price TYPE numeric(12, 3)",
+            "UPDATE items SET price = 1.125 WHERE id = 2",
+        ],
+    )
+    .await;
+    let (error, _) = stopped_with(addr).await;
+    assert!(
+        error.contains(
+            "column price is numeric(12,3) on the source but numeric(10,2) on the target"
+        ),
+        "{error}"
+    );
+    tgt.batch_execute("ALTER TABLE items ALTER COLUMN price TYPE numeric(12, 3)")
+        .await
+        .unwrap();
+    resume(addr).await;
+    wait_caught_up(&src, &tgt, LIMIT).await;
+
+    // A dropped column.
+    run_each(
+        &src,
+        &[
+            "ALTER TABLE items DROP COLUMN name",
+            "INSERT INTO items VALUES (1001, 2, 3)",
+        ],
+    )
+    .await;
+    let (error, _) = stopped_with(addr).await;
+    assert!(
+        error.contains("column name is on the target but not on the source"),
+        "{error}"
+    );
+    // This time the operator restarts the daemon instead of resuming.
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    tgt.batch_execute("ALTER TABLE items DROP COLUMN name")
+        .await
+        .unwrap();
+    let (_addr, stop_tx, server) = start_daemon(&pair, "").await;
+    wait_caught_up(&src, &tgt, LIMIT).await;
+    assert_same(&pair).await;
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

@@ -191,7 +191,7 @@ async fn sigkill_mid_load_resumes_without_recopying_finished_tables() {
             async move {
                 tgt.query_one("SELECT stage FROM pgcutover.migration", &[])
                     .await
-                    .map(|r| r.get::<_, String>(0) == "loaded")
+                    .map(|r| ["loaded", "cdc"].contains(&r.get::<_, String>(0).as_str()))
                     .unwrap_or(false)
             }
         },

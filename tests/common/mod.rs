@@ -252,22 +252,36 @@ pub async fn source_lsn(src: &Client) -> String {
 /// Wait until the target has applied everything the source committed up to now, or panic.
 /// Needs a published table `marker (id serial PRIMARY KEY)`: a row inserted there commits
 /// after the position read first, so once the target's applied position reaches that
-/// position, every earlier transaction is on the target.
+/// position, every earlier transaction is on the target. A marker goes in every second while
+/// waiting, in case the stream was not yet running when the first one committed.
 pub async fn wait_caught_up(src: &Client, tgt: &Client, limit: Duration) {
     let lsn = source_lsn(src).await;
-    src.batch_execute("INSERT INTO marker DEFAULT VALUES")
-        .await
-        .unwrap();
-    wait_for(limit, &format!("the target to apply up to {lsn}"), || async {
-        tgt.query_one(
-            "SELECT coalesce((SELECT applied_lsn >= $1::text::pg_lsn FROM pgcutover.migration), false)",
-            &[&lsn],
-        )
-        .await
-        .map(|r| r.get::<_, bool>(0))
-        .unwrap_or(false)
-    })
-    .await;
+    let start = Instant::now();
+    let mut next_marker = Instant::now();
+    loop {
+        if Instant::now() >= next_marker {
+            src.batch_execute("INSERT INTO marker DEFAULT VALUES")
+                .await
+                .unwrap();
+            next_marker = Instant::now() + Duration::from_secs(1);
+        }
+        let done = tgt
+            .query_one(
+                "SELECT coalesce((SELECT applied_lsn > $1::text::pg_lsn FROM pgcutover.migration), false)",
+                &[&lsn],
+            )
+            .await
+            .map(|r| r.get::<_, bool>(0))
+            .unwrap_or(false);
+        if done {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for the target to apply up to {lsn}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Logs of in-process daemons, shown for failed tests (filter: PGCUTOVER_LOG, default info).
@@ -278,4 +292,55 @@ pub fn init_logs() {
         .with_env_filter(filter)
         .with_test_writer()
         .try_init();
+}
+
+/// `pgcutover serve` as a child process (so it can be SIGKILLed); killed on drop.
+pub struct DaemonProc {
+    pub child: std::process::Child,
+}
+
+impl DaemonProc {
+    pub fn spawn(pair: &Pair, replication_extra: &str) -> DaemonProc {
+        let cfg_path = pair.state.path().join("pgcutover.toml");
+        std::fs::write(&cfg_path, pair.toml(replication_extra)).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(pair.state.path().join("daemon.log"))
+            .unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pgcutover"))
+            .args(["--log-format", "json", "serve", "--config"])
+            .arg(&cfg_path)
+            .envs(pair.env())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the daemon");
+        DaemonProc { child }
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Peak resident memory so far, in bytes (Linux).
+    pub fn peak_rss(&self) -> Option<u64> {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    }
+}
+
+impl Drop for DaemonProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The daemon's log so far (for failure messages).
+pub fn daemon_log(pair: &Pair) -> String {
+    std::fs::read_to_string(pair.state.path().join("daemon.log")).unwrap_or_default()
 }
