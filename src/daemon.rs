@@ -84,17 +84,23 @@ impl Daemon {
             token: cfg.api.token.clone(),
         });
         let pipeline = tokio::spawn(async move {
-            match crate::load::run(&cfg, pipeline_status.clone()).await {
-                Ok(outcome) => {
-                    crate::cdc::run(&cfg, pipeline_status.clone(), &outcome, control).await;
-                }
-                Err(e) => {
-                    let report = ErrorReport {
-                        error: e.to_string(),
-                        hint: e.hint(),
-                    };
-                    tracing::error!(error = %report.error, hint = %report.hint, "migration stopped");
-                    pipeline_status.fail(report);
+            // The load returns at once when everything is loaded; it runs again when the
+            // stream found new tables and the operator asked to take them in.
+            loop {
+                match crate::load::run(&cfg, pipeline_status.clone()).await {
+                    Ok(outcome) => {
+                        crate::cdc::run(&cfg, pipeline_status.clone(), &outcome, control.clone())
+                            .await;
+                    }
+                    Err(e) => {
+                        let report = ErrorReport {
+                            error: e.to_string(),
+                            hint: e.hint(),
+                        };
+                        tracing::error!(error = %report.error, hint = %report.hint, "migration stopped");
+                        pipeline_status.fail(report);
+                        break;
+                    }
                 }
             }
         });

@@ -436,3 +436,49 @@ async fn schema_changes_stop_the_apply_clearly_and_resume_once_the_target_matche
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_created_during_cdc_is_reported_then_copied_and_streamed_once_on_the_target() {
+    let pair = Pair::start().await;
+    let src = pair.src().await;
+    src.batch_execute(
+        "CREATE TABLE marker (id serial PRIMARY KEY);
+         CREATE TABLE items (id int PRIMARY KEY, name text);",
+    )
+    .await
+    .unwrap();
+    let tgt = pair.tgt().await;
+    let (addr, stop_tx, server) = start_daemon(&pair, "").await;
+    wait_caught_up(&src, &tgt, LIMIT).await;
+
+    run_each(
+        &src,
+        &[
+            "CREATE TABLE fresh (id int PRIMARY KEY, v text)",
+            "INSERT INTO fresh SELECT g, 'v' || g FROM generate_series(1, 1000) g",
+            "INSERT INTO items VALUES (1, 'still applied meanwhile')",
+        ],
+    )
+    .await;
+    let (error, hint) = stopped_with(addr).await;
+    assert!(error.contains("public.fresh"), "{error}");
+    assert!(hint.contains("create them on the target"), "{hint}");
+    src.batch_execute("UPDATE fresh SET v = 'changed' WHERE id <= 10")
+        .await
+        .unwrap();
+    tgt.batch_execute("CREATE TABLE fresh (id int PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    resume(addr).await;
+    wait_for(LIMIT, "the stream to run again", || async {
+        get(addr, "/status").await.1["stage"] == "cdc"
+    })
+    .await;
+    src.batch_execute("DELETE FROM fresh WHERE id > 990")
+        .await
+        .unwrap();
+    assert_same(&pair).await;
+    assert_eq!(scalar(&tgt, "SELECT count(*) FROM fresh").await, 990);
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

@@ -70,3 +70,39 @@ async fn a_failed_load_is_reported_in_status_with_its_hint() {
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutating_routes_need_the_token_when_one_is_set() {
+    let pair = Pair::start().await;
+    pair.src()
+        .await
+        .batch_execute("CREATE TABLE a (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let token = "s3cret-token-of-some-length";
+    let mut env = pair.env();
+    env.push(("PGCUTOVER_API_TOKEN".into(), token.into()));
+    let cfg =
+        pgcutover::config::Config::from_parts(&pair.toml(""), &env, pair.state.path()).unwrap();
+    let daemon = pgcutover::daemon::Daemon::bind(cfg).await.unwrap();
+    let addr = daemon.local_addr();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(daemon.run(async {
+        let _ = stop_rx.await;
+    }));
+    for bad in [None, Some("wrong"), Some("s3cret-token-of-some-lengtH")] {
+        let (code, body) = http(addr, "POST", "/replication/resume", bad).await;
+        assert_eq!(code, 401, "{body}");
+        assert!(
+            !body.to_string().contains(token),
+            "the token leaked: {body}"
+        );
+    }
+    // With the token the request is authorised (and refused for what it asks: not stopped).
+    let (code, _) = http(addr, "POST", "/replication/resume", Some(token)).await;
+    assert_eq!(code, 409);
+    // Reading needs no token.
+    assert_eq!(get(addr, "/status").await.0, 200);
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

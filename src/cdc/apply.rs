@@ -203,6 +203,11 @@ pub struct Committed {
     pub transactions: u64,
     /// Updates and deletes that found no row on the target.
     pub missing_rows: u64,
+    /// The target's WAL position just after the commit: the batch is durable once the
+    /// target has flushed this far.
+    pub target_lsn: Lsn,
+    /// How far the target's WAL was flushed when the commit returned.
+    pub target_flushed: Lsn,
 }
 
 pub struct Applier {
@@ -211,6 +216,9 @@ pub struct Applier {
     begin: Statement,
     commit: Statement,
     progress: Statement,
+    /// `pg_current_wal_insert_lsn(), pg_current_wal_flush_lsn()`; `None` when the target does
+    /// not offer them, and then commits are synchronous.
+    wal_positions: Option<Statement>,
     in_txn: bool,
     run: Option<Run>,
     inflight: VecDeque<InFlight>,
@@ -230,7 +238,13 @@ impl Applier {
         client
             // pg_catalog only: type names come out schema-qualified, and no object of the
             // application's schemas can capture an unqualified name of ours.
-            .batch_execute("SET search_path = pg_catalog; SET session_replication_role = replica")
+            // Index lookups like PostgreSQL's own apply: a batch that updates a small hot
+            // table many times leaves many row versions, which a sequential scan would
+            // revisit on every statement.
+            .batch_execute(
+                "SET search_path = pg_catalog; SET session_replication_role = replica; \
+                 SET enable_seqscan = off",
+            )
             .await
             .map_err(ctx(
                 "setting session_replication_role = replica on the target (the target role \
@@ -248,12 +262,37 @@ impl Applier {
             .prepare(super::progress::RECORD_SQL)
             .await
             .map_err(ctx("preparing the progress update"))?;
+        // Commits need not wait for the target's disk: the position confirmed to the source
+        // waits instead, until the target reports the commit flushed (like PostgreSQL's own
+        // apply worker). Where the target hides its WAL positions, commits are synchronous.
+        let wal_positions = match client
+            .prepare(
+                "SELECT pg_catalog.pg_current_wal_insert_lsn()::text, \
+                        pg_catalog.pg_current_wal_flush_lsn()::text",
+            )
+            .await
+        {
+            Ok(stmt) if client.query_one(&stmt, &[]).await.is_ok() => {
+                client
+                    .batch_execute("SET synchronous_commit = off")
+                    .await
+                    .map_err(ctx("setting synchronous_commit = off on the target"))?;
+                Some(stmt)
+            }
+            _ => {
+                tracing::info!(
+                    "the target does not report its WAL positions; commits are synchronous"
+                );
+                None
+            }
+        };
         Ok(Applier {
             client: Arc::new(client),
             migration_id: migration_id.to_string(),
             begin,
             commit,
             progress,
+            wal_positions,
             in_txn: false,
             run: None,
             inflight: VecDeque::new(),
@@ -456,7 +495,30 @@ impl Applier {
             .await?;
         self.drain().await?;
         self.in_txn = false;
-        Ok(std::mem::take(&mut self.batch))
+        let mut done = std::mem::take(&mut self.batch);
+        if let Some((insert, flushed)) = self.wal_positions().await? {
+            done.target_lsn = insert;
+            done.target_flushed = flushed;
+        }
+        Ok(done)
+    }
+
+    /// The target's current WAL insert and flush positions (`None` when commits are
+    /// synchronous, so everything committed is already durable).
+    pub async fn wal_positions(&mut self) -> Result<Option<(Lsn, Lsn)>, SqlError> {
+        let Some(stmt) = &self.wal_positions else {
+            return Ok(None);
+        };
+        let row = self
+            .client
+            .query_one(stmt, &[])
+            .await
+            .map_err(|source| SqlError {
+                context: "reading the target's WAL positions".into(),
+                source,
+            })?;
+        let lsn = |i: usize| row.get::<_, String>(i).parse::<Lsn>().unwrap_or(Lsn::ZERO);
+        Ok(Some((lsn(0), lsn(1))))
     }
 
     /// Give up the open target transaction (nothing of it is applied).

@@ -38,7 +38,7 @@ pub mod progress;
 pub mod relation;
 pub mod stream;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,13 +54,15 @@ use decode::{DecodeError, Message};
 use relation::{RelationCache, RelationError};
 use stream::{Event, Stream, StreamError};
 
-/// Commit the target transaction at the next source commit once it holds this many changes…
-const BATCH_CHANGES: u64 = 50_000;
+/// Commit the target transaction at the next source commit once it holds this many changes
+/// (small enough that rows updated over and over in one batch do not pile up versions)…
+const BATCH_CHANGES: u64 = 5_000;
 /// …or is this old.
 const BATCH_AGE: Duration = Duration::from_millis(250);
 /// Reconnect attempts after a broken connection before giving up (about ten minutes).
 const MAX_RETRIES: u32 = 20;
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+const NEW_TABLE_CHECK_EVERY: u64 = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CdcError {
@@ -78,6 +80,8 @@ pub enum CdcError {
     Sql(#[from] SqlError),
     #[error(transparent)]
     Conn(#[from] ConnError),
+    #[error("new table(s) on the source match replication.tables but are not replicated yet: {}", tables.join(", "))]
+    NewTables { tables: Vec<String> },
 }
 
 impl CdcError {
@@ -92,7 +96,7 @@ impl CdcError {
                 e.source.is_closed() || e.source.as_db_error().is_none()
             }
             CdcError::Conn(_) => true,
-            CdcError::Decode(_) | CdcError::Relation(_) => false,
+            CdcError::Decode(_) | CdcError::Relation(_) | CdcError::NewTables { .. } => false,
         }
     }
 
@@ -113,6 +117,11 @@ impl CdcError {
             CdcError::Relation(e) => e.hint(),
             CdcError::Apply(e) => e.hint(),
             CdcError::Sql(_) => "check the target's log for the reason".into(),
+            CdcError::NewTables { .. } => "create them on the target with the same columns \
+                (or exclude them in replication.exclude), then POST /replication/resume or \
+                restart pgcutover: they are added to the publication and copied, and the \
+                stream goes on"
+                .into(),
         }
     }
 }
@@ -144,18 +153,26 @@ fn heartbeat_prefix(cfg: &Config) -> String {
     )
 }
 
-/// Stream changes from the end of the full load until the process ends.
+/// Stream changes from the end of the full load. Returns only when new tables were found on
+/// the source and the operator asked to go on: the caller then runs the load again (which
+/// adds and copies them) and calls this again.
 pub async fn run(
     cfg: &Config,
     status: Arc<StatusBoard>,
     load: &crate::load::LoadOutcome,
     control: Arc<Control>,
 ) {
-    let _heartbeat = AbortOnDrop(tokio::spawn(heartbeat_loop(cfg.clone(), status.clone())));
+    let (new_tx, new_rx) = tokio::sync::watch::channel(Vec::new());
+    let _heartbeat = AbortOnDrop(tokio::spawn(heartbeat_loop(
+        cfg.clone(),
+        status.clone(),
+        load.tables.keys().cloned().collect(),
+        new_tx,
+    )));
     let mut retries = 0u32;
     loop {
         let mut progressed = false;
-        let err = session(cfg, &status, load, &mut progressed).await;
+        let err = session(cfg, &status, load, &mut progressed, new_rx.clone()).await;
         if progressed {
             retries = 0;
         }
@@ -179,6 +196,9 @@ pub async fn run(
         status.stop(report);
         control.resume.notified().await;
         tracing::info!("resuming the change stream");
+        if matches!(err, CdcError::NewTables { .. }) {
+            return;
+        }
         retries = 0;
     }
 }
@@ -198,8 +218,9 @@ async fn session(
     status: &StatusBoard,
     load: &LoadOutcome,
     progressed: &mut bool,
+    new_tables: tokio::sync::watch::Receiver<Vec<TableName>>,
 ) -> CdcError {
-    match session_inner(cfg, status, load, progressed).await {
+    match session_inner(cfg, status, load, progressed, new_tables).await {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -212,6 +233,7 @@ async fn session_inner(
     status: &StatusBoard,
     load: &LoadOutcome,
     progressed: &mut bool,
+    mut new_tables: tokio::sync::watch::Receiver<Vec<TableName>>,
 ) -> Result<Never, CdcError> {
     let id = cfg.replication.migration_id.as_str();
     let snapshots: BTreeMap<TableName, Lsn> = load
@@ -238,6 +260,9 @@ async fn session_inner(
     let mut last_end = applied;
     let mut batch_started: Option<Instant> = None;
     let mut heartbeat_waiting: Option<i64> = None;
+    // Committed batches whose commit the target may not have flushed yet:
+    // (target WAL position after the commit, source position it stands for).
+    let mut unflushed: VecDeque<(Lsn, Lsn)> = VecDeque::new();
 
     let result: Result<Never, CdcError> = async {
         loop {
@@ -251,13 +276,25 @@ async fn session_inner(
                 batch_started = None;
                 applied = last_end;
                 *progressed = true;
-                stream.confirm(applied);
+                unflushed.push_back((done.target_lsn, applied));
+                confirm_flushed(&stream, &mut unflushed, done.target_flushed);
                 status.cdc_committed(applied, done.changes, done.transactions, done.missing_rows);
                 if let Some(sent) = heartbeat_waiting.take() {
                     status.heartbeat_applied(sent);
                 }
             }
-            let Some(ev) = stream.next().await? else {
+            let found = new_tables.borrow_and_update().clone();
+            if !found.is_empty() {
+                return Err(CdcError::NewTables {
+                    tables: found.iter().map(|t| t.display_plain()).collect(),
+                });
+            }
+            let next = tokio::select! {
+                // Both are cancel-safe: the stream reads a channel, `changed` a watch.
+                next = stream.next() => next?,
+                _ = new_tables.changed() => continue,
+            };
+            let Some(ev) = next else {
                 return Err(CdcError::Ended);
             };
             match ev {
@@ -275,7 +312,7 @@ async fn session_inner(
                             applier.end_source_txn();
                             last_end = end_lsn;
                         }
-                        _ if batch_started.is_none() => {
+                        _ if batch_started.is_none() && unflushed.is_empty() => {
                             // Applied by an earlier run: the slot may forget it.
                             stream.confirm(end_lsn.max(applied));
                             status.cdc_processed(end_lsn);
@@ -302,7 +339,13 @@ async fn session_inner(
                         } else {
                             status.heartbeat_applied(sent);
                             status.cdc_processed(lsn);
-                            stream.confirm(lsn.max(applied));
+                            // Once a second: confirm what the target has flushed since.
+                            if let Some((_, flushed)) = applier.wal_positions().await? {
+                                confirm_flushed(&stream, &mut unflushed, flushed);
+                            }
+                            if unflushed.is_empty() {
+                                stream.confirm(lsn.max(applied));
+                            }
                         }
                     }
                 }
@@ -311,7 +354,11 @@ async fn session_inner(
                     // Nothing open: every commit before `wal_end` has been received and
                     // applied, so the slot may move there (it keeps WAL from piling up while
                     // the published tables are idle).
-                    if txn.is_none() && batch_started.is_none() && wal_end > applied {
+                    if txn.is_none()
+                        && batch_started.is_none()
+                        && unflushed.is_empty()
+                        && wal_end > applied
+                    {
                         stream.confirm(wal_end);
                         status.cdc_processed(wal_end);
                     }
@@ -329,6 +376,22 @@ async fn session_inner(
     }
     stream.close().await;
     Err(err)
+}
+
+/// Confirm to the source the newest batch whose target commit is flushed (everything when
+/// commits are synchronous: their position is zero).
+fn confirm_flushed(stream: &Stream, unflushed: &mut VecDeque<(Lsn, Lsn)>, flushed: Lsn) {
+    let mut newest = None;
+    while let Some(&(target, source)) = unflushed.front() {
+        if target > flushed {
+            break;
+        }
+        newest = Some(source);
+        unflushed.pop_front();
+    }
+    if let Some(source) = newest {
+        stream.confirm(source);
+    }
 }
 
 /// Apply one decoded message of the open transaction `txn` (commit position, applied before).
@@ -392,15 +455,22 @@ async fn apply_message(
 }
 
 /// Once a second: stamp a heartbeat into the source's WAL and read its WAL position and the
-/// slot's retained WAL. Failures are logged and retried; lag then shows as growing.
-async fn heartbeat_loop(cfg: Config, status: Arc<StatusBoard>) {
+/// slot's retained WAL. Failures are logged and retried; lag then shows as growing. Every
+/// [`NEW_TABLE_CHECK_EVERY`] heartbeats, look for tables (or partitions) created on the source
+/// that the patterns select but the migration does not have, and report them on `new_tables`.
+async fn heartbeat_loop(
+    cfg: Config,
+    status: Arc<StatusBoard>,
+    known: Vec<TableName>,
+    new_tables: tokio::sync::watch::Sender<Vec<TableName>>,
+) {
     let prefix = heartbeat_prefix(&cfg);
     let slot = cfg.replication.migration_id.slot_name();
     let mut client = None;
     let mut warned = false;
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    for beat in 0u64.. {
         tick.tick().await;
         if client.is_none() {
             match cfg.source.connect("pgcutover-heartbeat").await {
@@ -435,6 +505,19 @@ async fn heartbeat_loop(cfg: Config, status: Arc<StatusBoard>) {
                 if let Some(current) = current {
                     status.source_wal(current, restart);
                 }
+                if beat % NEW_TABLE_CHECK_EVERY == 0 {
+                    match unknown_tables(c, &cfg, &known).await {
+                        Ok(found) if !found.is_empty() => {
+                            new_tables.send_if_modified(|v| {
+                                let changed = *v != found;
+                                *v = found;
+                                changed
+                            });
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::debug!(error = %e, "looking for new tables failed"),
+                    }
+                }
             }
             Err(e) => {
                 if !warned {
@@ -447,4 +530,25 @@ async fn heartbeat_loop(cfg: Config, status: Arc<StatusBoard>) {
             }
         }
     }
+}
+
+/// Tables holding rows that the configured patterns select on the source now, but that the
+/// migration did not load.
+async fn unknown_tables(
+    source: &tokio_postgres::Client,
+    cfg: &Config,
+    known: &[TableName],
+) -> Result<Vec<TableName>, SqlError> {
+    let all = crate::pg::catalog::list_tables(source).await?;
+    let Ok(selection) =
+        crate::pg::catalog::select(&all, &cfg.replication.tables, &cfg.replication.exclude)
+    else {
+        return Ok(Vec::new());
+    };
+    Ok(selection
+        .units
+        .into_iter()
+        .map(|t| t.name)
+        .filter(|t| !known.contains(t))
+        .collect())
 }

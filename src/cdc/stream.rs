@@ -86,7 +86,7 @@ impl Stream {
         let cfg = replication_config(conn, slot)
             .with_start_lsn(pgwire_replication::Lsn(start.0))
             .with_ack_lsn(pgwire_replication::Lsn(start.0))
-            .with_status_interval(Duration::from_secs(1))
+            .with_status_interval(Duration::from_millis(100))
             .with_wakeup_interval(Duration::from_secs(5))
             .with_buffer_size(4096)
             // Text values as the target will parse them back, whatever the server's defaults.

@@ -155,6 +155,22 @@ pub async fn run(cfg: &Config, status: Arc<StatusBoard>) -> Result<LoadOutcome, 
             if !slot::publication_exists(src, &publication).await? {
                 return Err(LoadError::PublicationLost { publication });
             }
+            // Tables created on the source since (and matching the patterns) join the
+            // publication now, before the snapshot they are copied at: every change after
+            // that snapshot is then streamed.
+            let published = slot::publication_tables(src, &publication).await?;
+            let new: Vec<TableName> = facts
+                .selection
+                .roots
+                .iter()
+                .map(|t| t.name.clone())
+                .filter(|t| !published.contains(t))
+                .collect();
+            if !new.is_empty() {
+                slot::add_to_publication(src, &publication, &new).await?;
+                tracing::info!(tables = %new.iter().map(|t| t.display_plain()).collect::<Vec<_>>().join(", "),
+                    "new tables added to the publication");
+            }
             tracing::info!(slot = %slot_name, lsn = %lsn, "resuming the migration");
             lsn
         }

@@ -212,6 +212,43 @@ pub async fn create_publication(
         .ctx(|| format!("creating publication {name}"))
 }
 
+/// The tables named in a publication (partitioned tables by their root).
+pub async fn publication_tables(client: &Client, name: &str) -> Result<Vec<TableName>, SqlError> {
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text
+               FROM pg_publication p
+               JOIN pg_publication_rel pr ON pr.prpubid = p.oid
+               JOIN pg_class c ON c.oid = pr.prrelid
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE p.pubname = $1",
+            &[&name],
+        )
+        .await
+        .ctx(|| format!("listing the tables of publication {name}"))?;
+    Ok(rows
+        .iter()
+        .map(|r| TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect())
+}
+
+/// Add tables to a publication.
+pub async fn add_to_publication(
+    client: &Client,
+    name: &str,
+    tables: &[TableName],
+) -> Result<(), SqlError> {
+    let list: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
+    client
+        .batch_execute(&format!(
+            "ALTER PUBLICATION {} ADD TABLE {}",
+            quote_ident(name),
+            list.join(", ")
+        ))
+        .await
+        .ctx(|| format!("adding tables to publication {name}"))
+}
+
 pub async fn publication_exists(client: &Client, name: &str) -> Result<bool, SqlError> {
     Ok(client
         .query_one(
