@@ -89,8 +89,13 @@ impl Daemon {
             loop {
                 match crate::load::run(&cfg, pipeline_status.clone()).await {
                     Ok(outcome) => {
-                        crate::cdc::run(&cfg, pipeline_status.clone(), &outcome, control.clone())
-                            .await;
+                        crate::cdc::run_dedicated(
+                            &cfg,
+                            pipeline_status.clone(),
+                            &outcome,
+                            control.clone(),
+                        )
+                        .await;
                     }
                     Err(e) => {
                         let report = ErrorReport {

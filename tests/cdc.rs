@@ -482,3 +482,47 @@ async fn a_table_created_during_cdc_is_reported_then_copied_and_streamed_once_on
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connections_on_either_side_are_retried_and_lose_nothing() {
+    let pair = Pair::start().await;
+    pair.src()
+        .await
+        .batch_execute(&fixture("cdc_extra.sql"))
+        .await
+        .unwrap();
+    let (src, tgt) = (pair.src().await, pair.tgt().await);
+    let (addr, stop_tx, server) = start_daemon(&pair, "").await;
+    wait_caught_up(&src, &tgt, LIMIT).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = start_writer(pair.src().await, stop.clone());
+    for (side, sql) in [
+        (
+            &src,
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_replication",
+        ),
+        (
+            &tgt,
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+              WHERE application_name = 'pgcutover-apply'",
+        ),
+    ] {
+        // Once the (re)connected session has applied something, end its connection.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        wait_caught_up(&src, &tgt, LIMIT).await;
+        let killed = scalar(side, sql).await;
+        assert_eq!(killed, 1, "{sql}");
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    assert_same(&pair).await;
+    let (_, status) = get(addr, "/status").await;
+    assert_eq!(status["stage"], "cdc", "{status}");
+    assert!(
+        status["cdc"]["reconnects"].as_u64().unwrap() >= 2,
+        "{status}"
+    );
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

@@ -61,18 +61,19 @@ pub enum ApplyError {
 }
 
 impl ApplyError {
-    /// The target connection broke (as opposed to a statement the target refused).
-    pub fn is_connection(&self) -> bool {
+    /// The target connection broke or the server gave up for a passing reason (as opposed
+    /// to a statement the target refused).
+    pub fn is_transient(&self) -> bool {
         let e = match self {
             ApplyError::Statement { source, .. } => source.as_ref(),
             ApplyError::Sql(e) => Some(&e.source),
         };
-        e.is_some_and(|e| e.is_closed() || e.as_db_error().is_none())
+        e.is_some_and(crate::pg::is_transient)
     }
 
     pub fn hint(&self) -> String {
-        if self.is_connection() {
-            "the target connection broke; pgcutover reconnects and resumes from the last \
+        if self.is_transient() {
+            "the target connection broke or the target gave up for a passing reason; pgcutover reconnects and resumes from the last \
              committed position"
                 .into()
         } else {

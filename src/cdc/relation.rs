@@ -320,3 +320,31 @@ async fn target_columns(
         .unwrap_or(false);
     Ok((cols, extra_unique))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_for_an_undescribed_relation_are_refused() {
+        let cache = RelationCache::default();
+        let err = cache.get(16385).unwrap_err();
+        assert!(matches!(err, RelationError::Unknown { relid: 16385 }));
+        assert!(err.to_string().contains("before describing it"));
+    }
+
+    #[test]
+    fn drift_names_the_table_and_every_difference_with_a_way_forward() {
+        let e = RelationError::Drift {
+            table: "app.items".into(),
+            differences: vec![
+                "column stock is on the source but not on the target".into(),
+                "column price is numeric(12,3) on the source but numeric(10,2) on the target"
+                    .into(),
+            ],
+        };
+        let text = e.to_string();
+        assert!(text.contains("app.items") && text.contains("stock") && text.contains("price"));
+        assert!(e.hint().contains("ALTER TABLE") && e.hint().contains("/replication/resume"));
+    }
+}

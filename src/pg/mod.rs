@@ -50,6 +50,33 @@ pub struct SqlError {
     pub source: tokio_postgres::Error,
 }
 
+impl SqlError {
+    /// See [`is_transient`].
+    pub fn is_transient(&self) -> bool {
+        is_transient(&self.source)
+    }
+}
+
+/// Whether trying again on a new session can succeed without anyone fixing anything: the
+/// connection broke or was ended by the server (shutdown, `pg_terminate_backend`, failover),
+/// or the server gave up on a statement for a passing reason (deadlock, serialization
+/// failure, out of connections or memory). A statement the server refused for what it is
+/// (a constraint, a type, a missing table) is not transient.
+pub fn is_transient(e: &tokio_postgres::Error) -> bool {
+    let Some(db) = e.as_db_error() else {
+        return true;
+    };
+    if e.is_closed() {
+        return true;
+    }
+    let code = db.code().code();
+    code.starts_with("08") // connection exception
+        || code.starts_with("53") // insufficient resources
+        || code.starts_with("57P") // admin/crash shutdown, cannot connect now
+        || code == "40001" // serialization failure
+        || code == "40P01" // deadlock
+}
+
 /// Attach what we were doing to a tokio-postgres error.
 pub trait SqlContext<T> {
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T, SqlError>;
