@@ -39,6 +39,34 @@ pub enum Command {
         #[arg(long, short, default_value = "config/pgcutover.toml")]
         config: PathBuf,
     },
+    /// Compare source and target: keys, schema, sequences, row counts, checksums. Exit 0 when
+    /// equal, 1 when a difference is found, 2 on an error.
+    #[command(group(clap::ArgGroup::new("mode").required(true).args(["quick", "full"])))]
+    Validate {
+        /// Planner estimates and catalog checks, while everything runs (approximate).
+        #[arg(long)]
+        quick: bool,
+        /// Exact counts and checksums of every row, at one snapshot per side.
+        #[arg(long)]
+        full: bool,
+        #[arg(long, short, default_value = "config/pgcutover.toml")]
+        config: PathBuf,
+        /// Only these tables (schema.table patterns, comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        tables: Vec<String>,
+        /// Checks to leave out (keys, schema, sequences, row_counts, checksums).
+        #[arg(long, value_delimiter = ',')]
+        skip: Vec<String>,
+        /// Compare only this percentage of each keyed table's key ranges.
+        #[arg(long, value_name = "PCT")]
+        sample: Option<f64>,
+        /// Tables compared at the same time.
+        #[arg(long, default_value_t = 2)]
+        jobs: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Start a throwaway source and target with sample data and migrate it.
     Demo {
         #[arg(long, default_value = "127.0.0.1:8089")]
@@ -153,6 +181,62 @@ pub async fn run(cli: Cli) -> ExitCode {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(2)
+            }
+        }
+        Command::Validate {
+            quick,
+            full: _,
+            config,
+            tables,
+            skip,
+            sample,
+            jobs,
+            json,
+        } => {
+            let cfg = match load_config(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match log_format(&cli.log_format, Some(&cfg)) {
+                Ok(f) => init_tracing(f, "warn"),
+                Err(e) => return fail(e, ""),
+            }
+            let mode = if quick {
+                crate::validate::Mode::Quick
+            } else {
+                crate::validate::Mode::Full
+            };
+            let opts =
+                match crate::validate::Options::parse(mode, &tables, &skip, sample, Some(jobs)) {
+                    Ok(o) => o,
+                    Err(e) => return fail(e, "see pgcutover validate --help"),
+                };
+            let progress = crate::validate::Progress::default();
+            let report =
+                match crate::validate::run(&cfg, &opts, crate::validate::Point::Static, &progress)
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(e) => return fail(&e, &e.hint()),
+                };
+            if let Err(e) = crate::validate::save(&cfg.state_dir, &report) {
+                eprintln!(
+                    "warning: cannot save the report in {}: {e}",
+                    cfg.state_dir.display()
+                );
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                );
+            } else {
+                print!("{}", crate::validate::render::text(&report));
+            }
+            if report.passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
             }
         }
         Command::Demo {

@@ -78,9 +78,12 @@ impl Daemon {
             migration = %cfg.replication.migration_id, "pgcutover daemon started");
         let pipeline_status = status.clone();
         let control = Arc::new(crate::cdc::Control::default());
+        let validation =
+            crate::validate::service::Service::new(cfg.clone(), control.clone(), status.clone());
         let app = router(AppState {
             status: status.clone(),
             control: control.clone(),
+            validation,
             token: cfg.api.token.clone(),
         });
         let pipeline = tokio::spawn(async move {

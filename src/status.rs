@@ -173,6 +173,78 @@ impl StatusBoard {
         self.lock().stage
     }
 
+    /// Prometheus text lines of the pipeline's figures.
+    pub fn metrics(&self) -> String {
+        let v = self.view();
+        let mut out = String::new();
+        let mut gauge = |name: &str, help: &str, value: Option<f64>| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+            if let Some(value) = value {
+                out.push_str(&format!("{name} {value}\n"));
+            }
+        };
+        gauge(
+            "pgcutover_tables_total",
+            "Tables to load.",
+            Some(v.tables_total as f64),
+        );
+        gauge(
+            "pgcutover_tables_loaded",
+            "Tables loaded.",
+            Some(v.tables_done as f64),
+        );
+        gauge(
+            "pgcutover_rows_copied",
+            "Rows copied by the full load.",
+            Some(v.rows_copied as f64),
+        );
+        gauge(
+            "pgcutover_bytes_copied",
+            "Bytes copied by the full load.",
+            Some(v.bytes_copied as f64),
+        );
+        gauge(
+            "pgcutover_lag_bytes",
+            "Source WAL position minus the applied position.",
+            v.lag_bytes.map(|b| b as f64),
+        );
+        gauge(
+            "pgcutover_lag_seconds",
+            "End-to-end lag measured by the heartbeat.",
+            v.lag_seconds,
+        );
+        let cdc = v.cdc.clone().unwrap_or_default();
+        gauge(
+            "pgcutover_slot_retained_wal_bytes",
+            "WAL the source keeps for the slot.",
+            cdc.retained_wal_bytes.map(|b| b as f64),
+        );
+        gauge(
+            "pgcutover_changes_applied",
+            "Row changes applied by the change stream.",
+            Some(cdc.changes_applied as f64),
+        );
+        gauge(
+            "pgcutover_transactions_applied",
+            "Source transactions applied.",
+            Some(cdc.transactions_applied as f64),
+        );
+        gauge(
+            "pgcutover_stream_reconnects",
+            "Reconnections of the change stream.",
+            Some(cdc.reconnects as f64),
+        );
+        let stage = serde_json::to_value(v.stage)
+            .ok()
+            .and_then(|s| s.as_str().map(String::from))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "# HELP pgcutover_stage The pipeline's stage (1 for the current one).\n\
+             # TYPE pgcutover_stage gauge\npgcutover_stage{{stage=\"{stage}\"}} 1\n"
+        ));
+        out
+    }
+
     pub fn set_slot_lsn(&self, lsn: Lsn) {
         self.lock().slot_lsn = Some(lsn);
     }

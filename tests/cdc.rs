@@ -12,33 +12,6 @@ use tokio_postgres::Client;
 
 const LIMIT: Duration = Duration::from_secs(120);
 
-/// Writes to `churn` in small transactions (inserts, updates, deletes) until stopped; returns
-/// how many transactions committed.
-fn start_writer(client: Client, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
-    tokio::spawn(async move {
-        let mut n: i64 = 0;
-        let mut txns = 0;
-        while !stop.load(Ordering::Relaxed) && txns < 1_000_000 {
-            let sql = format!(
-                "BEGIN;
-                 INSERT INTO churn SELECT g, 0, CASE WHEN g % 3 = 0 THEN NULL WHEN g % 3 = 1 THEN ''
-                                                     ELSE md5(g::text) END
-                   FROM generate_series({a}, {b}) g;
-                 UPDATE churn SET v = v + 1, note = CASE WHEN note IS NULL THEN '' ELSE NULL END
-                  WHERE id IN ({a} - 7, {a} - 3, {a});
-                 DELETE FROM churn WHERE id = {a} - 5;
-                 COMMIT;",
-                a = n,
-                b = n + 4
-            );
-            client.batch_execute(&sql).await.unwrap();
-            n += 5;
-            txns += 1;
-        }
-        txns
-    })
-}
-
 async fn setup(pair: &Pair) {
     let src = pair.src().await;
     src.batch_execute(&fixture("alltypes.sql")).await.unwrap();

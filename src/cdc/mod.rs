@@ -34,6 +34,7 @@
 
 pub mod apply;
 pub mod decode;
+pub mod hold;
 pub mod progress;
 pub mod relation;
 pub mod stream;
@@ -123,13 +124,34 @@ impl CdcError {
     }
 }
 
-/// How the HTTP API talks to the running change stream.
-#[derive(Default)]
+/// How the HTTP API and the validation talk to the running change stream.
 pub struct Control {
     resume: Notify,
+    holds_tx: tokio::sync::mpsc::UnboundedSender<hold::Hold>,
+    /// Taken by the running session (one at a time).
+    holds_rx: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<hold::Hold>>,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        let (holds_tx, holds_rx) = tokio::sync::mpsc::unbounded_channel();
+        Control {
+            resume: Notify::default(),
+            holds_tx,
+            holds_rx: tokio::sync::Mutex::new(holds_rx),
+        }
+    }
 }
 
 impl Control {
+    /// Ask the apply to hold before the first transaction committed at or after `until`
+    /// (see [`hold`]).
+    pub fn hold(&self, until: Lsn) -> hold::HoldHandle {
+        let (hold, handle) = hold::request(until);
+        let _ = self.holds_tx.send(hold);
+        handle
+    }
+
     /// Wake a stopped change stream; returns false when it was not waiting.
     pub fn resume(&self, status: &StatusBoard) -> bool {
         if status.stage() == crate::status::Stage::Stopped {
@@ -208,7 +230,15 @@ pub async fn run(
     let mut retries = 0u32;
     loop {
         let mut progressed = false;
-        let err = session(cfg, &status, load, &mut progressed, new_rx.clone()).await;
+        let err = session(
+            cfg,
+            &status,
+            load,
+            &control,
+            &mut progressed,
+            new_rx.clone(),
+        )
+        .await;
         if progressed {
             retries = 0;
         }
@@ -253,10 +283,11 @@ async fn session(
     cfg: &Config,
     status: &StatusBoard,
     load: &LoadOutcome,
+    control: &Control,
     progressed: &mut bool,
     new_tables: tokio::sync::watch::Receiver<Vec<TableName>>,
 ) -> CdcError {
-    match session_inner(cfg, status, load, progressed, new_tables).await {
+    match session_inner(cfg, status, load, control, progressed, new_tables).await {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -268,9 +299,11 @@ async fn session_inner(
     cfg: &Config,
     status: &StatusBoard,
     load: &LoadOutcome,
+    control: &Control,
     progressed: &mut bool,
     mut new_tables: tokio::sync::watch::Receiver<Vec<TableName>>,
 ) -> Result<Never, CdcError> {
+    let mut holds = control.holds_rx.lock().await;
     let id = cfg.replication.migration_id.as_str();
     let snapshots: BTreeMap<TableName, Lsn> = load
         .tables
@@ -299,13 +332,20 @@ async fn session_inner(
     // Committed batches whose commit the target may not have flushed yet:
     // (target WAL position after the commit, source position it stands for).
     let mut unflushed: VecDeque<(Lsn, Lsn)> = VecDeque::new();
+    // A validation's request to hold, and how far every commit has surely been received
+    // (see `hold`). A Begin at or past the hold position waits in `deferred`.
+    let mut pending_hold: Option<hold::Hold> = None;
+    let mut received = applied;
+    let mut deferred: Option<Event> = None;
 
     let result: Result<Never, CdcError> = async {
         loop {
+            let hold_due = pending_hold.as_ref().is_some_and(|h| received >= h.until);
             if txn.is_none()
                 && let Some(started) = batch_started
                 && (applier.batch().changes >= BATCH_CHANGES
                     || started.elapsed() >= BATCH_AGE
+                    || hold_due
                     || !stream.has_ready())
             {
                 let done = applier.commit(last_end).await?;
@@ -319,22 +359,45 @@ async fn session_inner(
                     status.heartbeat_applied(sent);
                 }
             }
+            if hold_due
+                && txn.is_none()
+                && batch_started.is_none()
+                && let Some(h) = pending_hold.take()
+            {
+                pending_hold = h.wait(applied).await;
+                continue;
+            }
             let found = new_tables.borrow_and_update().clone();
             if !found.is_empty() {
                 return Err(CdcError::NewTables {
                     tables: found.iter().map(|t| t.display_plain()).collect(),
                 });
             }
-            let next = tokio::select! {
-                // Both are cancel-safe: the stream reads a channel, `changed` a watch.
-                next = stream.next() => next?,
-                _ = new_tables.changed() => continue,
-            };
-            let Some(ev) = next else {
-                return Err(CdcError::Ended);
+            let ev = match deferred.take() {
+                Some(ev) => ev,
+                None => {
+                    let next = tokio::select! {
+                        // All cancel-safe: the stream and `recv` read channels, `changed` a watch.
+                        next = stream.next() => next?,
+                        _ = new_tables.changed() => continue,
+                        h = holds.recv() => {
+                            pending_hold = h;
+                            continue;
+                        }
+                    };
+                    next.ok_or(CdcError::Ended)?
+                }
             };
             match ev {
+                Event::Begin { final_lsn, .. }
+                    if pending_hold.as_ref().is_some_and(|h| final_lsn >= h.until) =>
+                {
+                    // Hold before this transaction: everything committed before it is in.
+                    received = received.max(final_lsn);
+                    deferred = Some(ev);
+                }
                 Event::Begin { final_lsn, .. } => {
+                    received = received.max(final_lsn);
                     let done_before = final_lsn < applied;
                     if !done_before {
                         applier.begin().await?;
@@ -343,6 +406,7 @@ async fn session_inner(
                     txn = Some((final_lsn, done_before));
                 }
                 Event::Commit { end_lsn } => {
+                    received = received.max(end_lsn);
                     match txn.take() {
                         Some((_, false)) => {
                             applier.end_source_txn();
@@ -366,6 +430,7 @@ async fn session_inner(
                     prefix,
                     content,
                 } if prefix == hb_prefix => {
+                    received = received.max(lsn);
                     let sent = std::str::from_utf8(&content)
                         .ok()
                         .and_then(|s| s.parse::<i64>().ok());
@@ -385,8 +450,16 @@ async fn session_inner(
                         }
                     }
                 }
+                Event::Message {
+                    transactional: false,
+                    lsn,
+                    ..
+                } => received = received.max(lsn),
                 Event::Message { .. } => {}
                 Event::KeepAlive { wal_end } => {
+                    if txn.is_none() {
+                        received = received.max(wal_end);
+                    }
                     // Nothing open: every commit before `wal_end` has been received and
                     // applied, so the slot may move there (it keeps WAL from piling up while
                     // the published tables are idle).

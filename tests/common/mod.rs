@@ -194,13 +194,25 @@ pub async fn http(
     path: &str,
     token: Option<&str>,
 ) -> (u16, serde_json::Value) {
+    http_with_body(addr, method, path, token, "").await
+}
+
+/// [`http`] with a request body.
+pub async fn http_with_body(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, serde_json::Value) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
     s.write_all(
         format!(
-            "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
         )
         .as_bytes(),
     )
@@ -343,4 +355,34 @@ impl Drop for DaemonProc {
 /// The daemon's log so far (for failure messages).
 pub fn daemon_log(pair: &Pair) -> String {
     std::fs::read_to_string(pair.state.path().join("daemon.log")).unwrap_or_default()
+}
+
+/// Writes to `churn` in small transactions (inserts, updates, deletes) until stopped; returns
+/// how many transactions committed.
+pub fn start_writer(
+    client: Client,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut n: i64 = 0;
+        let mut txns = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) && txns < 1_000_000 {
+            let sql = format!(
+                "BEGIN;
+                 INSERT INTO churn SELECT g, 0, CASE WHEN g % 3 = 0 THEN NULL WHEN g % 3 = 1 THEN ''
+                                                     ELSE md5(g::text) END
+                   FROM generate_series({a}, {b}) g;
+                 UPDATE churn SET v = v + 1, note = CASE WHEN note IS NULL THEN '' ELSE NULL END
+                  WHERE id IN ({a} - 7, {a} - 3, {a});
+                 DELETE FROM churn WHERE id = {a} - 5;
+                 COMMIT;",
+                a = n,
+                b = n + 4
+            );
+            client.batch_execute(&sql).await.unwrap();
+            n += 5;
+            txns += 1;
+        }
+        txns
+    })
 }
