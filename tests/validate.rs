@@ -142,7 +142,10 @@ async fn an_exact_copy_passes_and_every_difference_is_named() {
     let alltypes = line("public.alltypes");
     assert!(alltypes.contains("changed 4"), "{alltypes}");
     assert!(alltypes.contains("changed 777"), "{alltypes}");
-    assert!(alltypes.contains("key range(s): \"id\" < "), "a key range: {alltypes}");
+    assert!(
+        alltypes.contains("key range(s): \"id\" < "),
+        "a key range: {alltypes}"
+    );
     assert!(
         line("public.big").contains("missing on target 12345"),
         "{sums}"
@@ -313,4 +316,60 @@ async fn http_text(addr: std::net::SocketAddr, path: &str) -> String {
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.unwrap();
     buf
+}
+
+/// The row digest on a real server: NULL, '' and 'NULL' differ; numeric scale counts; -0
+/// and 0, and every NaN, hash alike (they are equal); swapped columns differ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_row_digest_is_null_safe_and_type_exact() {
+    use pgcutover::validate::digest::{DigestColumn, row_hash};
+    let pair = Pair::start().await;
+    let c = pair.src().await;
+    c.batch_execute(
+        "CREATE TABLE d (id int, t text, n numeric, f float8, a int, b int, arr int[]);
+         INSERT INTO d VALUES
+           (1, NULL, NULL, NULL, NULL, NULL, NULL), (2, '', NULL, NULL, NULL, NULL, NULL),
+           (3, 'NULL', NULL, NULL, NULL, NULL, NULL),
+           (4, NULL, 1.0, NULL, NULL, NULL, NULL), (5, NULL, 1.00, NULL, NULL, NULL, NULL),
+           (6, NULL, NULL, '0', NULL, NULL, NULL), (7, NULL, NULL, '-0', NULL, NULL, NULL),
+           (8, NULL, NULL, 'NaN', NULL, NULL, NULL),
+           (9, NULL, NULL, 'NaN'::float8 * -1, NULL, NULL, NULL),
+           (10, NULL, NULL, NULL, 1, 2, NULL), (11, NULL, NULL, NULL, 2, 1, NULL),
+           (12, NULL, NULL, NULL, NULL, NULL, '{}'), (13, NULL, NULL, NULL, NULL, NULL, '{NULL}');",
+    )
+    .await
+    .unwrap();
+    let col = |n: &str, t: &str| DigestColumn {
+        name: n.into(),
+        base_type: t.into(),
+    };
+    let cols = [
+        col("t", "text"),
+        col("n", "numeric"),
+        col("f", "float8"),
+        col("a", "int4"),
+        col("b", "int4"),
+        col("arr", "_int4"),
+    ];
+    let sql = format!(
+        "SELECT id, {} FROM d AS x ORDER BY id",
+        row_hash(&cols, "x.")
+    );
+    let h: std::collections::BTreeMap<i32, i64> = c
+        .query(&sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_ne!(h[&1], h[&2], "NULL vs ''");
+    assert_ne!(h[&1], h[&3], "NULL vs 'NULL'");
+    assert_ne!(h[&2], h[&3], "'' vs 'NULL'");
+    assert_ne!(h[&4], h[&5], "1.0 vs 1.00");
+    assert_eq!(h[&6], h[&7], "-0 and 0 are equal, and hash alike");
+    assert_eq!(h[&8], h[&9], "every NaN hashes alike");
+    assert_ne!(h[&6], h[&8]);
+    assert_ne!(h[&10], h[&11], "values swapped between columns");
+    assert_ne!(h[&12], h[&13], "{{}} vs {{NULL}}");
+    assert_ne!(h[&1], h[&12]);
 }
