@@ -71,7 +71,8 @@ pub enum Command {
     Demo {
         #[arg(long, default_value = "127.0.0.1:8089")]
         listen: String,
-        /// Exit when the full load is done instead of waiting for Ctrl-C.
+        /// When the full load is done, validate the copy and exit (instead of waiting for
+        /// Ctrl-C).
         #[arg(long)]
         exit_after_load: bool,
     },

@@ -106,3 +106,20 @@ async fn mutating_routes_need_the_token_when_one_is_set() {
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// The README's first command, in its scripted form: load the sample, prove it, exit 0.
+#[test]
+fn the_demo_loads_and_proves_the_copy() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgcutover"))
+        .args(["demo", "--exit-after-load", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("validation (full): PASSED"), "{stdout}");
+    assert!(stdout.contains("\"stage\""), "{stdout}");
+}

@@ -202,6 +202,24 @@ async fn an_exact_copy_passes_and_every_difference_is_named() {
         "missing_on_target"
     );
     assert_eq!(v["tables"][0]["differences"][0]["key"], "12345");
+    // Exact counts without checksums.
+    let (code, out) = cli(
+        &pair,
+        &[
+            "--full",
+            "--skip",
+            "checksums",
+            "--json",
+            "--tables",
+            "public.big",
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["tables"][0]["source_rows"], 210000);
+    assert_eq!(v["tables"][0]["target_rows"], 209999);
+    assert_eq!(v["tables"][0]["rows_estimated"], false);
+    assert_eq!(v["tables"][0]["checksum"], "not_compared");
     // The last report is kept in the state folder.
     let saved = validate::load_last(pair.state.path()).unwrap().unwrap();
     assert_eq!(saved.tables.len(), 1);

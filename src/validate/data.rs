@@ -40,6 +40,9 @@ pub struct TablePlan {
     pub key: Vec<String>,
     /// SQL type of the first key column on the source (`integer`, `uuid`, ...).
     pub key_type: String,
+    /// The first key column is text-like: ranges use the `"C"` collation on both sides, so
+    /// two databases with different default collations cut them alike.
+    pub key_collatable: bool,
     pub estimate: f64,
 }
 
@@ -127,9 +130,20 @@ impl TablePlan {
         }
     }
 
+    /// The first key column as ranges and quantiles use it.
+    fn range_key(&self) -> String {
+        let c = if self.key_collatable {
+            " COLLATE \"C\""
+        } else {
+            ""
+        };
+        format!("t.{}{c}", quote_ident(&self.key[0]))
+    }
+
     /// The ranges cut by `bounds` (sorted, distinct): `k < b0`, `b0 <= k < b1`, …, `k >= bn`.
     fn ranges(&self, bounds: &[String]) -> Vec<Range> {
         let k = quote_ident(&self.key[0]);
+        let e = self.range_key();
         let ty = &self.key_type;
         if bounds.is_empty() {
             return vec![Range {
@@ -140,20 +154,20 @@ impl TablePlan {
         }
         let mut out = Vec::with_capacity(bounds.len() + 1);
         out.push(Range {
-            sql: format!("t.{k} < $1::text::{ty}"),
+            sql: format!("{e} < $1::text::{ty}"),
             params: vec![bounds[0].clone()],
             human: format!("{k} < {}", bounds[0]),
         });
         for w in bounds.windows(2) {
             out.push(Range {
-                sql: format!("t.{k} >= $1::text::{ty} AND t.{k} < $2::text::{ty}"),
+                sql: format!("{e} >= $1::text::{ty} AND {e} < $2::text::{ty}"),
                 params: vec![w[0].clone(), w[1].clone()],
                 human: format!("{k} >= {} AND {k} < {}", w[0], w[1]),
             });
         }
         let last = &bounds[bounds.len() - 1];
         out.push(Range {
-            sql: format!("t.{k} >= $1::text::{ty}"),
+            sql: format!("{e} >= $1::text::{ty}"),
             params: vec![last.clone()],
             human: format!("{k} >= {last}"),
         });
@@ -200,9 +214,9 @@ async fn bounds(
     let fractions: Vec<f64> = (1..n).map(|i| i as f64 / n as f64).collect();
     let sample = sample_pct.map_or(String::new(), |p| format!(" TABLESAMPLE SYSTEM ({p})"));
     let sql = format!(
-        "SELECT percentile_disc($1::float8[]) WITHIN GROUP (ORDER BY t.{})::text[] \
+        "SELECT percentile_disc($1::float8[]) WITHIN GROUP (ORDER BY {})::text[] \
            FROM ONLY {} AS t{sample}",
-        quote_ident(&plan.key[0]),
+        plan.range_key(),
         plan.table
     );
     let row = src
@@ -223,9 +237,9 @@ async fn range_digests(
     bounds: &[String],
 ) -> Result<BTreeMap<i32, Digest>, SqlError> {
     let sql = format!(
-        "SELECT width_bucket(t.{}, $1::text[]::{}[]), count(*), coalesce(sum({}), 0)::text \
+        "SELECT width_bucket({}, $1::text[]::{}[]), count(*), coalesce(sum({}), 0)::text \
            FROM ONLY {} AS t GROUP BY 1",
-        quote_ident(&plan.key[0]),
+        plan.range_key(),
         plan.key_type,
         plan.hash(target),
         plan.table
@@ -238,6 +252,20 @@ async fn range_digests(
         .iter()
         .map(|r| (r.get::<_, i32>(0), (r.get(1), r.get(2))))
         .collect())
+}
+
+/// Exact row counts only (`--full` without checksums), both sides at once.
+pub async fn count(src: &Client, tgt: &Client, plan: &TablePlan) -> Result<DataResult, SqlError> {
+    let sql = format!("SELECT count(*) FROM ONLY {}", plan.table);
+    let ctx = || format!("counting {}", plan.table.display_plain());
+    let (s, t) = tokio::try_join!(src.query_one(&sql, &[]), tgt.query_one(&sql, &[])).ctx(ctx)?;
+    let (s, t): (i64, i64) = (s.get(0), t.get(0));
+    Ok(DataResult {
+        source_rows: Some(s),
+        target_rows: Some(t),
+        equal: s == t,
+        ..Default::default()
+    })
 }
 
 /// Full comparison of one table.
@@ -534,6 +562,7 @@ mod tests {
             target_columns: vec![],
             key: vec!["id".into()],
             key_type: "integer".into(),
+            key_collatable: false,
             estimate: 0.0,
         }
     }

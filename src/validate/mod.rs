@@ -345,6 +345,7 @@ pub async fn run(
             target_columns: vec![],
             key: s.key.clone(),
             key_type: String::new(),
+            key_collatable: false,
             estimate: s.estimate,
         };
         let mut not_compared = vec![];
@@ -364,18 +365,19 @@ pub async fn run(
                 .map(|tc| tc.digest.name.clone()),
         );
         if let Some(k) = s.key.first() {
-            plan.key_type = s
-                .columns
-                .iter()
-                .find(|c| &c.digest.name == k)
-                .map(|c| c.type_name.clone())
-                .unwrap_or_default();
+            if let Some(c) = s.columns.iter().find(|c| &c.digest.name == k) {
+                plan.key_type = c.type_name.clone();
+                plan.key_collatable = matches!(
+                    c.digest.base_type.as_str(),
+                    "text" | "varchar" | "bpchar" | "name"
+                );
+            }
             // A key column missing on the target cannot locate rows there.
             if s.key.iter().any(|k| not_compared.contains(k)) {
                 plan.key.clear();
             }
         }
-        let quick = opts.mode == Mode::Quick || !opts.runs(CheckName::Checksums);
+        let quick = opts.mode == Mode::Quick;
         tables.push(TableReport {
             table: name.display_plain(),
             source_rows: quick.then_some(s.estimate as i64),
@@ -389,13 +391,18 @@ pub async fn run(
         plans.push((tables.len() - 1, plan));
     }
 
-    let consistency = if opts.mode == Mode::Full && opts.runs(CheckName::Checksums) {
+    let sums = opts.runs(CheckName::Checksums);
+    let consistency = if opts.mode == Mode::Full && (sums || opts.runs(CheckName::RowCounts)) {
         let seed = crate::status::unix_micros() as u64;
         let (pairs, consistency) = open_sessions(cfg, opts.jobs.max(1), point).await?;
         let results = compare_all(pairs, &plans, opts, seed, progress).await;
         for ((i, _), result) in plans.iter().zip(results) {
             let t = &mut tables[*i];
             match result {
+                Ok(d) if !sums => {
+                    t.source_rows = d.source_rows;
+                    t.target_rows = d.target_rows;
+                }
                 Ok(d) => {
                     t.source_rows = d.source_rows;
                     t.target_rows = d.target_rows;
@@ -787,6 +794,7 @@ async fn compare_all(
                 let Some(i) = next else { break };
                 let plan = &plans[i].1;
                 let r = match opts.sample_pct {
+                    _ if !opts.runs(CheckName::Checksums) => data::count(&s, &t, plan).await,
                     Some(pct) if !plan.key.is_empty() => {
                         data::compare_sampled(&s, &t, plan, pct, seed ^ i as u64, opts.max_diffs)
                             .await
