@@ -66,6 +66,10 @@ pub enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Run it in the daemon at this URL (e.g. http://127.0.0.1:8089): while it
+        /// replicates, it compares both sides at one exact point. Uses the config's API token.
+        #[arg(long)]
+        url: Option<String>,
     },
     /// Start a throwaway source and target with sample data and migrate it.
     Demo {
@@ -193,6 +197,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             sample,
             jobs,
             json,
+            url,
         } => {
             let cfg = match load_config(&config) {
                 Ok(c) => c,
@@ -212,20 +217,30 @@ pub async fn run(cli: Cli) -> ExitCode {
                     Ok(o) => o,
                     Err(e) => return fail(e, "see pgcutover validate --help"),
                 };
-            let progress = crate::validate::Progress::default();
-            let report =
-                match crate::validate::run(&cfg, &opts, crate::validate::Point::Static, &progress)
-                    .await
-                {
+            let report = if let Some(url) = url {
+                let request = serde_json::json!({
+                    "mode": mode, "tables": tables, "skip": skip, "sample_pct": sample,
+                    "jobs": jobs,
+                });
+                match validate_in_daemon(&url, &cfg, request).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        return fail(e, "is the daemon running at --url, with this config?");
+                    }
+                }
+            } else {
+                let progress = crate::validate::Progress::default();
+                let point = crate::validate::Point::Static;
+                let report = match crate::validate::run(&cfg, &opts, point, &progress).await {
                     Ok(r) => r,
                     Err(e) => return fail(&e, &e.hint()),
                 };
-            if let Err(e) = crate::validate::save(&cfg.state_dir, &report) {
-                eprintln!(
-                    "warning: cannot save the report in {}: {e}",
-                    cfg.state_dir.display()
-                );
-            }
+                if let Err(e) = crate::validate::save(&cfg.state_dir, &report) {
+                    let dir = cfg.state_dir.display();
+                    eprintln!("warning: cannot save the report in {dir}: {e}");
+                }
+                report
+            };
             if json {
                 println!(
                     "{}",
@@ -261,8 +276,24 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
-/// A plain HTTP/1.1 GET to the daemon (loopback or a trusted admin network; no TLS).
+/// A plain HTTP/1.1 GET to the daemon that must answer 200; its body.
 async fn http_get(base: &str, path: &str) -> Result<String, String> {
+    let (code, status_line, body) = http_request(base, "GET", path, None, "").await?;
+    if code != 200 {
+        return Err(format!("{status_line}: {body}"));
+    }
+    Ok(body)
+}
+
+/// One HTTP/1.1 request to the daemon (loopback or a trusted admin network; no TLS): the
+/// status code, the status line and the body.
+async fn http_request(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&crate::secret::Secret>,
+    body: &str,
+) -> Result<(u16, String, String), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = base
         .strip_prefix("http://")
@@ -275,8 +306,13 @@ async fn http_get(base: &str, path: &str) -> Result<String, String> {
     .await
     .map_err(|_| format!("connecting to {authority} timed out"))?
     .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {}\r\n", t.expose()))
+        .unwrap_or_default();
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: application/json\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     );
     stream
         .write_all(request.as_bytes())
@@ -285,7 +321,7 @@ async fn http_get(base: &str, path: &str) -> Result<String, String> {
     let mut buf = Vec::new();
     tokio::time::timeout(
         std::time::Duration::from_secs(30),
-        stream.take(16 << 20).read_to_end(&mut buf),
+        stream.take(64 << 20).read_to_end(&mut buf),
     )
     .await
     .map_err(|_| "the daemon did not answer within 30 s".to_string())?
@@ -294,9 +330,52 @@ async fn http_get(base: &str, path: &str) -> Result<String, String> {
     let (head, body) = text
         .split_once("\r\n\r\n")
         .ok_or("the daemon's answer is not HTTP")?;
-    let status_line = head.lines().next().unwrap_or_default();
-    if !status_line.contains(" 200 ") {
+    let status_line = head.lines().next().unwrap_or_default().to_string();
+    let code = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or("the daemon's answer is not HTTP")?;
+    Ok((code, status_line, body.to_string()))
+}
+
+/// `validate --url`: run the validation in the daemon (which can hold its change stream at a
+/// consistent point), wait for it, and return its report.
+async fn validate_in_daemon(
+    url: &str,
+    cfg: &Config,
+    request: serde_json::Value,
+) -> Result<crate::validate::Report, String> {
+    let token = cfg.api.token.as_ref();
+    let (code, status_line, body) =
+        http_request(url, "POST", "/validation", token, &request.to_string()).await?;
+    if code != 202 {
         return Err(format!("{status_line}: {body}"));
     }
-    Ok(body.to_string())
+    // Bounded: a validation of a very large database can take hours, not days.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(48 * 3600);
+    let mut shown = usize::MAX;
+    while std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let v: serde_json::Value = serde_json::from_str(&http_get(url, "/validation").await?)
+            .map_err(|e| format!("GET /validation: {e}"))?;
+        if v["running"] == true {
+            let done = v["tables_done"].as_u64().unwrap_or(0) as usize;
+            if done != shown {
+                eprintln!("validating: {done} of {} tables", v["tables_total"]);
+                shown = done;
+            }
+            continue;
+        }
+        if let Some(e) = v["last_error"].as_object() {
+            return Err(format!(
+                "{} (hint: {})",
+                e.get("error").and_then(|x| x.as_str()).unwrap_or_default(),
+                e.get("hint").and_then(|x| x.as_str()).unwrap_or_default()
+            ));
+        }
+        return serde_json::from_value(v["last"].clone())
+            .map_err(|e| format!("the daemon's report is not readable: {e}"));
+    }
+    Err("the validation did not finish within 48 hours".into())
 }
