@@ -5,7 +5,8 @@
 //! * [`decode`]: pgoutput bytes → typed messages (pure, never panics);
 //! * [`relation`]: what each relation looks like, checked against the target (DDL stops here);
 //! * [`apply`]: batched, pipelined statements on one target session;
-//! * [`progress`]: the applied position, committed with the changes.
+//! * [`progress`]: the applied position, committed with the changes;
+//! * [`hold`]: holding the apply at a source position, for validation at an exact point.
 //!
 //! ## The loop
 //!

@@ -396,7 +396,7 @@ pub async fn run(
         let seed = crate::status::unix_micros() as u64;
         let (pairs, consistency) = open_sessions(cfg, opts.jobs.max(1), point).await?;
         let results = compare_all(pairs, &plans, opts, seed, progress).await;
-        for ((i, _), result) in plans.iter().zip(results) {
+        for ((i, plan), result) in plans.iter().zip(results) {
             let t = &mut tables[*i];
             match result {
                 Ok(d) if !sums => {
@@ -406,7 +406,8 @@ pub async fn run(
                 Ok(d) => {
                     t.source_rows = d.source_rows;
                     t.target_rows = d.target_rows;
-                    t.rows_estimated = opts.sample_pct.is_some();
+                    // Sampled tables count only the sampled ranges (keyless ones are whole).
+                    t.rows_estimated = opts.sample_pct.is_some() && !plan.key.is_empty();
                     t.checksum = if d.equal { "equal" } else { "different" }.into();
                     t.data = Some(d);
                 }
