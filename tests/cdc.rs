@@ -411,6 +411,98 @@ async fn schema_changes_stop_the_apply_clearly_and_resume_once_the_target_matche
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_the_target_refuses_stops_the_apply_whole_and_resumes_after_the_fix() {
+    let pair = Pair::start().await;
+    let src = pair.src().await;
+    src.batch_execute(
+        "CREATE TABLE marker (id serial PRIMARY KEY);
+         CREATE TABLE items (id int PRIMARY KEY, qty int);
+         CREATE TABLE notes (id int PRIMARY KEY, body text);
+         INSERT INTO items SELECT g, g FROM generate_series(1, 100) g;",
+    )
+    .await
+    .unwrap();
+    let tgt = pair.tgt().await;
+    let (addr, stop_tx, server) = start_daemon(&pair, "").await;
+    wait_caught_up(&src, &tgt, LIMIT).await;
+    let refuse = "ALTER TABLE items ADD CONSTRAINT qty_small CHECK (qty < 1000)";
+    let untouched = "SELECT count(*) FROM notes WHERE id < 10 OR id >= 100";
+
+    // Single-row changes (one script): the fourth is refused; the other source
+    // transactions applied with it in the same target batch wait as well, nothing lands.
+    tgt.batch_execute(refuse).await.unwrap();
+    run_each(
+        &src,
+        &[
+            "INSERT INTO notes VALUES (1, 'first')",
+            "BEGIN; INSERT INTO notes VALUES (2, 'second'); UPDATE items SET qty = 7 WHERE id = 1;
+             DELETE FROM items WHERE id = 2; UPDATE items SET qty = 5000 WHERE id = 3;
+             INSERT INTO notes VALUES (3, 'after'); COMMIT",
+        ],
+    )
+    .await;
+    let (error, hint) = stopped_with(addr).await;
+    assert!(error.contains("public.items"), "{error}");
+    assert!(error.contains("qty_small"), "{error}");
+    assert!(!hint.is_empty());
+    assert_eq!(
+        scalar(&tgt, "SELECT qty::bigint FROM items WHERE id = 1").await,
+        1
+    );
+    assert_eq!(
+        scalar(&tgt, "SELECT count(*) FROM items WHERE id = 2").await,
+        1
+    );
+    assert_eq!(
+        scalar(&tgt, "SELECT count(*) FROM notes WHERE id = 2").await,
+        0
+    );
+    tgt.batch_execute("ALTER TABLE items DROP CONSTRAINT qty_small")
+        .await
+        .unwrap();
+    resume(addr).await;
+    wait_caught_up(&src, &tgt, LIMIT).await;
+    assert_same(&pair).await;
+
+    // A multi-row run refused in its middle.
+    tgt.batch_execute("ALTER TABLE items ADD CONSTRAINT qty_small CHECK (qty <> 777)")
+        .await
+        .unwrap();
+    run_each(
+        &src,
+        &["BEGIN; INSERT INTO notes VALUES (100, 'before the run');
+             INSERT INTO items SELECT g, CASE g WHEN 1200 THEN 777 ELSE g END
+             FROM generate_series(501, 2000) g; COMMIT"],
+    )
+    .await;
+    let (error, _) = stopped_with(addr).await;
+    assert!(
+        error.contains("public.items") && error.contains("qty_small"),
+        "{error}"
+    );
+    assert_eq!(
+        scalar(&tgt, "SELECT count(*) FROM items WHERE id > 500").await,
+        0
+    );
+    assert_eq!(scalar(&tgt, untouched).await, 3);
+    // Fixed and resumed by a restart this time.
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    tgt.batch_execute("ALTER TABLE items DROP CONSTRAINT qty_small")
+        .await
+        .unwrap();
+    let (_addr, stop_tx, server) = start_daemon(&pair, "").await;
+    wait_caught_up(&src, &tgt, LIMIT).await;
+    assert_same(&pair).await;
+    assert_eq!(
+        scalar(&tgt, "SELECT count(*) FROM items WHERE id > 500").await,
+        1500
+    );
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_created_during_cdc_is_reported_then_copied_and_streamed_once_on_the_target() {
     let pair = Pair::start().await;
     let src = pair.src().await;
