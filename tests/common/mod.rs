@@ -263,24 +263,32 @@ pub async fn source_lsn(src: &Client) -> String {
 
 /// Wait until the target has applied everything the source committed up to now, or panic.
 /// Needs a published table `marker (id serial PRIMARY KEY)`: a row inserted there commits
-/// after the position read first, so once the target's applied position reaches that
-/// position, every earlier transaction is on the target. A marker goes in every second while
-/// waiting, in case the stream was not yet running when the first one committed.
+/// after the position read first, so once the target's applied position is past that
+/// position *and* the newest marker is on the target, every transaction the source committed
+/// (markers included, so that the two sides can be compared row for row) is on the target.
+/// Markers go in at growing intervals while waiting, in case the stream was not yet running
+/// when the first one committed (it would then be in the copy, not in the stream).
 pub async fn wait_caught_up(src: &Client, tgt: &Client, limit: Duration) {
     let lsn = source_lsn(src).await;
     let start = Instant::now();
     let mut next_marker = Instant::now();
+    let mut every = Duration::from_secs(1);
+    let mut newest: i32 = 0;
     loop {
         if Instant::now() >= next_marker {
-            src.batch_execute("INSERT INTO marker DEFAULT VALUES")
+            newest = src
+                .query_one("INSERT INTO marker DEFAULT VALUES RETURNING id", &[])
                 .await
-                .unwrap();
-            next_marker = Instant::now() + Duration::from_secs(1);
+                .unwrap()
+                .get(0);
+            next_marker = Instant::now() + every;
+            every = (every * 2).min(Duration::from_secs(8));
         }
         let done = tgt
             .query_one(
-                "SELECT coalesce((SELECT applied_lsn > $1::text::pg_lsn FROM pgcutover.migration), false)",
-                &[&lsn],
+                "SELECT coalesce((SELECT applied_lsn > $1::text::pg_lsn FROM pgcutover.migration), false)
+                        AND EXISTS (SELECT FROM marker WHERE id = $2)",
+                &[&lsn, &newest],
             )
             .await
             .map(|r| r.get::<_, bool>(0))
@@ -290,7 +298,7 @@ pub async fn wait_caught_up(src: &Client, tgt: &Client, limit: Duration) {
         }
         assert!(
             start.elapsed() < limit,
-            "timed out after {limit:?} waiting for the target to apply up to {lsn}"
+            "timed out after {limit:?} waiting for the target to apply up to {lsn} and marker {newest}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
