@@ -591,3 +591,39 @@ async fn dropped_connections_on_either_side_are_retried_and_lose_nothing() {
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apply_session_does_not_jit_compile_scans_it_cannot_index() {
+    let pair = Pair::start().await;
+    let tgt = pair.tgt().await;
+    pgcutover::load::progress::ensure_migration(&tgt, "m", "pgc_slot", "pgc_pub")
+        .await
+        .unwrap();
+    tgt.batch_execute(
+        "CREATE TABLE keyless (a int, b text); \
+         INSERT INTO keyless SELECT g, 'x' FROM generate_series(1, 1000) g; ANALYZE keyless",
+    )
+    .await
+    .unwrap();
+    let applier = pgcutover::cdc::apply::Applier::new(pair.tgt().await, "m")
+        .await
+        .unwrap();
+    // What a change to a REPLICA IDENTITY FULL table without an index runs: a scan costed
+    // past every JIT threshold, because the session turns sequential scans "off".
+    let plan: String = applier
+        .client()
+        .simple_query(
+            "EXPLAIN (ANALYZE, FORMAT JSON) \
+             SELECT ctid FROM public.keyless WHERE a = 5 AND b = 'x' LIMIT 1",
+        )
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    assert!(plan.contains("10000000000"), "not the costly scan: {plan}");
+    assert!(!plan.contains("JIT"), "the apply session compiled: {plan}");
+}

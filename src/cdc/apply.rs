@@ -261,9 +261,13 @@ impl Applier {
             // Index lookups like PostgreSQL's own apply: a batch that updates a small hot
             // table many times leaves many row versions, which a sequential scan would
             // revisit on every statement.
+            // No JIT: a scan that cannot use an index (a REPLICA IDENTITY FULL table without
+            // one) is costed above 10^10 once seqscans are "disabled", far past every JIT
+            // threshold, and each of its single-row statements then spent about 100 ms
+            // compiling and inlining code it used once.
             .batch_execute(
                 "SET search_path = pg_catalog; SET session_replication_role = replica; \
-                 SET enable_seqscan = off",
+                 SET enable_seqscan = off; SET jit = off",
             )
             .await
             .map_err(ctx(
