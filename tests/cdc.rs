@@ -491,13 +491,32 @@ async fn a_change_the_target_refuses_stops_the_apply_whole_and_resumes_after_the
     tgt.batch_execute("ALTER TABLE items DROP CONSTRAINT qty_small")
         .await
         .unwrap();
-    let (_addr, stop_tx, server) = start_daemon(&pair, "").await;
+    let (addr, stop_tx, server) = start_daemon(&pair, "").await;
     wait_caught_up(&src, &tgt, LIMIT).await;
     assert_same(&pair).await;
     assert_eq!(
         scalar(&tgt, "SELECT count(*) FROM items WHERE id > 500").await,
         1500
     );
+
+    // A TRUNCATE refused (a target-only table references one of its tables) names them.
+    tgt.batch_execute("CREATE TABLE target_only (item int REFERENCES items)")
+        .await
+        .unwrap();
+    let before = scalar(&tgt, "SELECT count(*) FROM items").await;
+    run_each(&src, &["TRUNCATE notes, items"]).await;
+    let (error, _) = stopped_with(addr).await;
+    assert!(
+        error.contains("public.items") && error.contains("public.notes"),
+        "{error}"
+    );
+    assert!(error.contains("foreign key"), "{error}");
+    assert_eq!(scalar(&tgt, "SELECT count(*) FROM items").await, before);
+    tgt.batch_execute("DROP TABLE target_only").await.unwrap();
+    resume(addr).await;
+    wait_caught_up(&src, &tgt, LIMIT).await;
+    assert_same(&pair).await;
+    assert_eq!(scalar(&tgt, "SELECT count(*) FROM items").await, 0);
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();
 }

@@ -195,8 +195,25 @@ struct Run {
     limit: usize,
 }
 
-/// Rows a statement must touch (updates and deletes), and its table, for errors.
-type Expect = Option<(u64, Arc<RelInfo>)>;
+/// What a statement is about: the rows it must touch (updates and deletes; 0 for the rest)
+/// and the tables it changes, named in errors and warnings.
+type Expect = Option<(u64, Subject)>;
+
+#[derive(Clone)]
+enum Subject {
+    Table(Arc<RelInfo>),
+    /// Several tables at once (a TRUNCATE), already named.
+    Tables(Arc<str>),
+}
+
+impl Subject {
+    fn name(&self) -> String {
+        match self {
+            Subject::Table(rel) => rel.table.display_plain(),
+            Subject::Tables(names) => names.to_string(),
+        }
+    }
+}
 
 /// A request's answer: each statement's row count, or where it failed and why.
 type Pending =
@@ -491,9 +508,10 @@ impl Applier {
             },
             if cascade { " CASCADE" } else { "" }
         );
+        let names: Vec<String> = rels.iter().map(|r| r.table.display_plain()).collect();
         self.send(
             move |c| async move { c.batch_execute(&sql).await.map(|_| 0) },
-            None,
+            Some((0, Subject::Tables(names.join(", ").into()))),
         )
         .await?;
         self.batch.changes += 1;
@@ -638,7 +656,8 @@ impl Applier {
                 self.script
                     .push_str(&format!("PREPARE {name} ({types}) AS {sql};\n"));
                 // Answered by a CommandComplete too; an error there names the table.
-                self.script_expect.push(Some((0, run.rel.clone())));
+                self.script_expect
+                    .push(Some((0, Subject::Table(run.rel.clone()))));
                 self.named.insert(key, name.clone());
                 name
             }
@@ -653,7 +672,8 @@ impl Applier {
             Kind::Insert => 0,
             _ => 1,
         };
-        self.script_expect.push(Some((want, run.rel.clone())));
+        self.script_expect
+            .push(Some((want, Subject::Table(run.rel.clone()))));
         if self.script_expect.len() >= SCRIPT_STATEMENTS || self.script.len() >= SCRIPT_BYTES {
             self.flush_script().await?;
         }
@@ -688,7 +708,7 @@ impl Applier {
             Kind::Insert => 0,
             _ => run.rows as u64,
         };
-        let expect = Some((want, run.rel.clone()));
+        let expect = Some((want, Subject::Table(run.rel.clone())));
         self.send(
             move |c| async move {
                 let refs: Vec<&(dyn ToSql + Sync)> =
@@ -784,11 +804,11 @@ impl Applier {
         match f.fut.await {
             Ok(counts) => {
                 for (n, expect) in counts.iter().zip(&f.expect) {
-                    if let Some((want, rel)) = expect
+                    if let Some((want, subject)) = expect
                         && n < want
                     {
                         self.batch.missing_rows += want - n;
-                        tracing::warn!(table = %rel.table.display_plain(), missing = want - n,
+                        tracing::warn!(table = %subject.name(), missing = want - n,
                             "rows to update or delete were not found on the target");
                     }
                 }
@@ -799,7 +819,7 @@ impl Applier {
                     .expect
                     .get(at)
                     .and_then(|x| x.as_ref())
-                    .map(|(_, r)| r.table.display_plain())
+                    .map(|(_, subject)| subject.name())
                     .unwrap_or_else(|| "the target".into());
                 self.inflight.clear();
                 Err(ApplyError::Statement {
