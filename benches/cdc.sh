@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
 # benches/cdc.sh - change data capture, pgcutover next to a native PostgreSQL subscription, in
-# one run on the same two clusters (dataset: pgbench -i -s $SCALE):
-#   1. source TPS of `pgbench -c4 -j2 -T$PGBENCH_T` with no replication at all;
-#   2. native subscription: source TPS and slot lag while pgbench runs; then the catch-up rate
-#      of a backlog made while the subscription was disabled (pgbench: N_TX transactions of 4
-#      row changes; bulk: BULK_ROWS rows updated in 100-row transactions);
-#   3. pgcutover (full load, then CDC): source TPS, slot lag and the daemon's own end-to-end
-#      heartbeat lag (sampled from /status every 0.25 s) while pgbench runs; then the same two
-#      backlogs, made while the daemon was stopped, timed from its restart to the marker row;
-#      the daemon's peak RSS.
-# Prints METRIC lines and a table.
+# one run on the same two clusters (dataset: pgbench -i -s $SCALE). Both consumers follow the
+# same source at once, into two databases of the target cluster (native: $DBNAME, pgcutover:
+# pgc), and are switched on and off so that only the one being measured runs:
+#   1. live, REPS rounds in rotating order: source TPS of `pgbench -c4 -j2 -T$PGBENCH_T` with
+#      no consumer running, with the native subscription, with pgcutover; the CPU the
+#      replication takes per 1000 source transactions (walsender + apply worker, or walsender
+#      + pgcutover + its target session), read from /proc; slot lag (1 s samples) and, for
+#      pgcutover, its end-to-end heartbeat lag (/status every 0.25 s). Before each round every
+#      consumer catches up, untimed.
+#   2. catch-up, REPS rounds, first consumer alternating: with both stopped the source makes
+#      a backlog (pgbench: N_TX transactions of 4 row changes; bulk: BULK_ROWS rows updated in
+#      BATCH-row transactions), then each consumer alone applies that same backlog, timed from
+#      its start until a marker row written last is on its target.
+#   3. pgcutover's peak RSS over every daemon it started.
+# Every catch-up ends with the harness's content fingerprint check (target equals source).
+# Medians over the rounds go in METRIC lines and a table; each round's figures in RAW lines.
+# On a shared 2-core machine single runs differ by 20-30 %: compare within a run.
 #
-#   cargo build --release && SCALE=50 REPS=1 benches/cdc.sh
+#   cargo build --release && SCALE=50 REPS=3 benches/cdc.sh
 #
 # Reuses the shared harness (clusters, dataset, markers, workloads, lag sampler).
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -24,6 +31,7 @@ SCRIPT_NAME=cdc
 PGBENCH_T="${PGBENCH_T:-60}"; CLIENTS="${CLIENTS:-4}"; THREADS="${THREADS:-2}"
 N_TX="${N_TX:-60000}"; BULK_ROWS="${BULK_ROWS:-1000000}"; BATCH="${BATCH:-100}"
 PGCUTOVER="${PGCUTOVER:-$REPO/target/release/pgcutover}"
+OURDB=pgc
 [ -x "$PGCUTOVER" ] || die "build first: cargo build --release ($PGCUTOVER missing)"
 
 bench_init
@@ -32,66 +40,48 @@ start_cluster dst "$DST_PORT"
 load_dataset
 # pgbench_history has no key: like any user, give it a replica identity so CDC can carry it.
 src -c "ALTER TABLE pgbench_history REPLICA IDENTITY FULL" >/dev/null
-note "pgbench -n -c$CLIENTS -j$THREADS -T$PGBENCH_T; backlogs: pgbench $N_TX txns, bulk $BULK_ROWS rows in $BATCH-row txns; pgcutover=$("$PGCUTOVER" --version)"
+note "pgbench -n -c$CLIENTS -j$THREADS -T$PGBENCH_T, $REPS rounds; backlogs: pgbench $N_TX txns, bulk $BULK_ROWS rows in $BATCH-row txns; pgcutover=$("$PGCUTOVER" --version)"
 
-backlog() {   # backlog pgbench|bulk : make the backlog on the source
-  if [ "$1" = pgbench ]; then workload_pgbench "$N_TX"; else workload_bulk "$BULK_ROWS" "$BATCH"; fi
+ourq() { psql_port "$DST_PORT" -d "$OURDB" -At -c "$1"; }
+# the harness's marker wait and fingerprint, on a chosen target database
+wait_marker_in() {   # wait_marker_in DB ID
+  psql_port "$DST_PORT" -d "$1" -At -c "DO \$\$ DECLARE t0 timestamptz := clock_timestamp(); BEGIN
+      LOOP
+        PERFORM 1 FROM bench_marker WHERE id = $2;
+        EXIT WHEN FOUND;
+        IF clock_timestamp() - t0 > interval '$TIMEOUT seconds' THEN RAISE EXCEPTION 'marker % not seen', $2; END IF;
+        PERFORM pg_sleep(0.02);
+      END LOOP; END \$\$" >/dev/null
 }
-changes_of() { if [ "$1" = pgbench ]; then echo $((N_TX / CLIENTS * CLIENTS * 4)); else echo "$BULK_ROWS"; fi; }
-same_or_die() { [ "$(fingerprint dst)" = "$(fingerprint src)" ] || die "$1: target differs from source"; }
+fingerprint_sql="SELECT (SELECT count(*)||':'||coalesce(sum(abalance),0) FROM pgbench_accounts)||'/'||(SELECT coalesce(sum(bbalance),0) FROM pgbench_branches)||'/'||(SELECT coalesce(sum(tbalance),0) FROM pgbench_tellers)||'/'||(SELECT count(*) FROM pgbench_history)"
+same_or_die() {   # same_or_die DB WHAT
+  [ "$(psql_port "$DST_PORT" -d "$1" -At -c "$fingerprint_sql")" = "$(srcq "$fingerprint_sql")" ] \
+    || die "$2: target differs from source"
+}
 
-# ---- 1. no replication
-src -c CHECKPOINT >/dev/null
-run_pgbench "$SRC_PORT" "$BENCH_TMP/logs/pgb-base.txt" -c "$CLIENTS" -j "$THREADS" -T "$PGBENCH_T"
-TPS_BASE=$(pgbench_tps "$BENCH_TMP/logs/pgb-base.txt"); metric tps_no_replication "$TPS_BASE" tps
-
-# ---- 2. native subscription
-native_create_pub
-recreate_db "$DST_PORT"
-native_schema_to_target full
-native_create_sub true
-src -c CHECKPOINT >/dev/null; dst -c CHECKPOINT >/dev/null; sleep 2
-csv="$BENCH_TMP/logs/lag-native.csv"
-start_lag_sampler "$csv" $((PGBENCH_T + 600)) bench_sub
-ts=$(now)
-run_pgbench "$SRC_PORT" "$BENCH_TMP/logs/pgb-native.txt" -c "$CLIENTS" -j "$THREADS" -T "$PGBENCH_T"
-te=$(now)
-id=$(put_marker); wait_marker "$id"; stop_lag_sampler
-same_or_die native
-TPS_NATIVE=$(pgbench_tps "$BENCH_TMP/logs/pgb-native.txt"); metric tps_native "$TPS_NATIVE" tps
-read -r NATIVE_LAG_MED NATIVE_LAG_P95 NATIVE_LAG_MAX <<<"$(lag_stats "$csv" "$ts" "$te" 4)"
-metric native_slot_lag_median "$NATIVE_LAG_MED" bytes; metric native_slot_lag_max "$NATIVE_LAG_MAX" bytes
-slot_inactive() { [ "$(srcq "SELECT active FROM pg_replication_slots WHERE slot_name='bench_sub'")" = f ]; }
-declare -A NATIVE_RATE OURS_RATE
-for w in pgbench bulk; do
-  dst -c "ALTER SUBSCRIPTION bench_sub DISABLE" >/dev/null
-  tdis=$(now)
-  wait_until 60 0.1 slot_inactive || die "walsender did not stop"
-  src -c CHECKPOINT >/dev/null; dst -c CHECKPOINT >/dev/null
-  backlog "$w"
-  id=$(put_marker)
-  # the PG15 launcher starts workers at most every wal_retrieve_retry_interval (5 s)
-  while [ "$(elapsed "$tdis" "$(now)" | cut -d. -f1)" -lt 6 ]; do sleep 0.2; done
-  t0=$(now)
+# ---- consumers
+slot_inactive() { [ "$(srcq "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name='$1'")" = f ]; }
+NATIVE_OFF_AT=0
+NATIVE_ON=1   # native_create_sub leaves it enabled
+native_on() {
+  [ "$NATIVE_ON" = 1 ] && return 0
+  # the PG15 launcher starts a worker at most every wal_retrieve_retry_interval (5 s)
+  while [ "$(elapsed "$NATIVE_OFF_AT" "$(now)" | cut -d. -f1)" -lt 6 ]; do sleep 0.2; done
   dst -c "ALTER SUBSCRIPTION bench_sub ENABLE" >/dev/null
-  wait_marker "$id"
-  t1=$(now)
-  same_or_die "native $w"
-  NATIVE_RATE[$w]=$(calc "$(changes_of "$w")/$(elapsed "$t0" "$t1")" 0)
-  metric "native_catchup_${w}_s" "$(elapsed "$t0" "$t1")" s
-  metric "native_catchup_${w}_rows_per_s" "${NATIVE_RATE[$w]}" rows/s
-done
-native_drop_sub
-src -c "DROP PUBLICATION IF EXISTS bench_pub" >/dev/null
-
-# ---- 3. pgcutover
-recreate_db "$DST_PORT"
+  NATIVE_ON=1
+}
+native_off() {
+  [ "$NATIVE_ON" = 0 ] && return 0
+  dst -c "ALTER SUBSCRIPTION bench_sub DISABLE" >/dev/null
+  NATIVE_OFF_AT=$(now); NATIVE_ON=0
+  wait_until 60 0.1 slot_inactive bench_sub || die "the native walsender did not stop"
+}
 cfg="$BENCH_TMP/pgcutover.toml"
 cat > "$cfg" <<TOML
 [source]
 url = "postgres://postgres@127.0.0.1:$SRC_PORT/$DBNAME?sslmode=disable"
 [target]
-url = "postgres://postgres@127.0.0.1:$DST_PORT/$DBNAME?sslmode=disable"
+url = "postgres://postgres@127.0.0.1:$DST_PORT/$OURDB?sslmode=disable"
 [replication]
 migration_id = "bench"
 tables = ["public.*"]
@@ -102,73 +92,186 @@ dir = "$BENCH_TMP/state"
 TOML
 DAEMON_PID=""
 PEAK_KB=0
-start_daemon() {
+ours_on() {
+  [ -n "$DAEMON_PID" ] && return 0
   "$PGCUTOVER" --log-format json serve --config "$cfg" >> "$BENCH_TMP/logs/pgcutover.log" 2>&1 &
   DAEMON_PID=$!
   BG_PIDS+=("$DAEMON_PID")
 }
-stop_daemon() {
+ours_off() {
   local kb
+  [ -z "$DAEMON_PID" ] && return 0
   kb=$(awk '/VmHWM/ {print $2}' "/proc/$DAEMON_PID/status" 2>/dev/null || echo 0)
   [ "${kb:-0}" -gt "$PEAK_KB" ] && PEAK_KB=$kb
   kill -TERM "$DAEMON_PID" 2>/dev/null; wait "$DAEMON_PID" 2>/dev/null || true
+  DAEMON_PID=""
+  wait_until 60 0.1 slot_inactive pgcutover_bench || die "pgcutover's walsender did not stop"
 }
 api_addr() { grep -o '"listen":"[^"]*"' "$BENCH_TMP/logs/pgcutover.log" | tail -1 | cut -d'"' -f4; }
-streaming() { [ "$(dstq "SELECT stage FROM pgcutover.migration" 2>/dev/null)" = cdc ]; }
-start_daemon
-wait_until "$TIMEOUT" 0.2 bash -c "[ \"\$($PGBIN/psql -X -At -h '$SOCK' -p $DST_PORT -d $DBNAME -c 'SELECT stage FROM pgcutover.migration' 2>/dev/null)\" = loaded ]" \
+# every consumer on and caught up to a fresh marker, then the named ones (or none) left on
+only() {
+  local id
+  native_on; ours_on
+  id=$(put_marker); wait_marker_in "$DBNAME" "$id"; wait_marker_in "$OURDB" "$id"
+  [[ " $* " == *" native "* ]] || native_off
+  [[ " $* " == *" pgcutover "* ]] || ours_off
+}
+
+# ---- CPU of the replication processes, from /proc (clock ticks)
+# walsenders and native apply workers anywhere; pgcutover's sessions on the target database
+# and the daemon itself.
+repl_pids() {
+  local p c
+  for p in /proc/[0-9]*; do
+    c=$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null) || continue
+    case "$c" in
+      *"walsender"*|*"logical replication worker"*|*"postgres $OURDB "*|"$PGCUTOVER "*) echo "${p#/proc/}" ;;
+    esac
+  done
+}
+cpu_ticks() {   # cpu_ticks PID... -> "pid ticks" lines
+  local p
+  for p in "$@"; do awk -v p="$p" '{print p, $14 + $15}' "/proc/$p/stat" 2>/dev/null || true; done
+}
+# ticks used between two snapshots by the processes of the first (pids that ended count
+# what the first saw of them as 0: a consumer is never restarted inside a measurement)
+ticks_between() { awk 'NR==FNR {a[$1]=$2; next} ($1 in a) {s += $2 - a[$1]} END {print s+0}' "$1" "$2"; }
+
+# ---- setup: native subscription into $DBNAME, pgcutover into $OURDB, both loaded
+native_create_pub
+recreate_db "$DST_PORT"
+native_schema_to_target full
+native_create_sub true
+psql_port "$DST_PORT" -d postgres -c "CREATE DATABASE $OURDB" >/dev/null
+ours_on
+wait_until "$TIMEOUT" 0.2 bash -c "[ \"\$($PGBIN/psql -X -At -h '$SOCK' -p $DST_PORT -d $OURDB -c 'SELECT stage FROM pgcutover.migration' 2>/dev/null)\" = loaded ]" \
   || { tail -20 "$BENCH_TMP/logs/pgcutover.log" >&2; die "pgcutover did not load"; }
-id=$(put_marker); wait_marker "$id"
-same_or_die "pgcutover load"
-ADDR=$(api_addr)
-src -c CHECKPOINT >/dev/null; dst -c CHECKPOINT >/dev/null; sleep 2
-csv="$BENCH_TMP/logs/lag-ours.csv"; hb="$BENCH_TMP/logs/heartbeat-lag.txt"
-start_lag_sampler "$csv" $((PGBENCH_T + 600)) pgcutover_bench
-( end=$(( $(date +%s) + PGBENCH_T + 5 ))
-  while [ "$(date +%s)" -lt "$end" ]; do
-    curl -s "http://$ADDR/status" | grep -o '"lag_seconds":[0-9.e-]*' | cut -d: -f2 >> "$hb"
-    sleep 0.25
-  done ) &
-HB_PID=$!; BG_PIDS+=("$HB_PID")
-ts=$(now)
-run_pgbench "$SRC_PORT" "$BENCH_TMP/logs/pgb-ours.txt" -c "$CLIENTS" -j "$THREADS" -T "$PGBENCH_T"
-te=$(now)
-kill "$HB_PID" 2>/dev/null; wait "$HB_PID" 2>/dev/null || true
-id=$(put_marker); wait_marker "$id"; stop_lag_sampler
-same_or_die pgcutover
-TPS_OURS=$(pgbench_tps "$BENCH_TMP/logs/pgb-ours.txt"); metric tps_pgcutover "$TPS_OURS" tps
-read -r OURS_LAG_MED OURS_LAG_P95 OURS_LAG_MAX <<<"$(lag_stats "$csv" "$ts" "$te" 4)"
-metric pgcutover_slot_lag_median "$OURS_LAG_MED" bytes; metric pgcutover_slot_lag_max "$OURS_LAG_MAX" bytes
-read -r HB_P50 HB_P99 HB_MAX <<<"$(sort -g "$hb" | awk '{v[NR]=$1} END{ if(NR==0){print "NA NA NA"; exit} i=int(0.5*NR+0.5); if(i<1)i=1; j=int(0.99*NR+0.999); if(j>NR)j=NR; print v[i], v[j], v[NR] }')"
-metric pgcutover_lag_p50 "$HB_P50" s; metric pgcutover_lag_p99 "$HB_P99" s; metric pgcutover_lag_max "$HB_MAX" s
-metric pgcutover_lag_samples "$(wc -l < "$hb")" samples
-for w in pgbench bulk; do
-  stop_daemon
-  src -c CHECKPOINT >/dev/null; dst -c CHECKPOINT >/dev/null
-  backlog "$w"
-  id=$(put_marker)
-  t0=$(now)
-  start_daemon
-  wait_marker "$id"
-  t1=$(now)
-  same_or_die "pgcutover $w"
-  OURS_RATE[$w]=$(calc "$(changes_of "$w")/$(elapsed "$t0" "$t1")" 0)
-  metric "pgcutover_catchup_${w}_s" "$(elapsed "$t0" "$t1")" s
-  metric "pgcutover_catchup_${w}_rows_per_s" "${OURS_RATE[$w]}" rows/s
+id=$(put_marker); wait_marker_in "$DBNAME" "$id"; wait_marker_in "$OURDB" "$id"
+same_or_die "$DBNAME" "native load"; same_or_die "$OURDB" "pgcutover load"
+src -c "VACUUM ANALYZE" >/dev/null; dst -c "VACUUM ANALYZE" >/dev/null; ourq "VACUUM ANALYZE" >/dev/null
+
+# ---- 1. live
+declare -A TPS CPU
+TPS_LIST_none=(); TPS_LIST_native=(); TPS_LIST_pgcutover=(); CPU_LIST_native=(); CPU_LIST_pgcutover=()
+HB="$BENCH_TMP/logs/heartbeat-lag.txt"; : > "$HB"
+SLOTLAG_native="$BENCH_TMP/logs/slotlag-native.txt"; SLOTLAG_pgcutover="$BENCH_TMP/logs/slotlag-pgcutover.txt"
+: > "$SLOTLAG_native"; : > "$SLOTLAG_pgcutover"
+live() {   # live none|native|pgcutover ROUND
+  local who="$1" r="$2" out="$BENCH_TMP/logs/pgb-$1-$2.txt" csv="$BENCH_TMP/logs/lag-$1-$2.csv" pids ts te n hb_pid=""
+  if [ "$who" = none ]; then only; else only "$who"; fi
+  src -c CHECKPOINT >/dev/null; dst -c CHECKPOINT >/dev/null; sleep 2
+  pids=$(repl_pids)
+  # shellcheck disable=SC2086
+  cpu_ticks $pids > "$BENCH_TMP/cpu0"
+  case "$who" in
+    native) start_lag_sampler "$csv" $((PGBENCH_T + 600)) bench_sub ;;
+    pgcutover)
+      start_lag_sampler "$csv" $((PGBENCH_T + 600)) pgcutover_bench
+      local addr; addr=$(api_addr)
+      ( end=$(( $(date +%s) + PGBENCH_T + 5 ))
+        while [ "$(date +%s)" -lt "$end" ]; do
+          curl -s "http://$addr/status" | grep -o '"lag_seconds":[0-9.e-]*' | cut -d: -f2 >> "$HB"
+          sleep 0.25
+        done ) &
+      hb_pid=$!; BG_PIDS+=("$hb_pid") ;;
+  esac
+  ts=$(now)
+  run_pgbench "$SRC_PORT" "$out" -c "$CLIENTS" -j "$THREADS" -T "$PGBENCH_T"
+  te=$(now)
+  [ -n "$hb_pid" ] && { kill "$hb_pid" 2>/dev/null; wait "$hb_pid" 2>/dev/null || true; }
+  if [ "$who" != none ]; then
+    local db="$DBNAME"; [ "$who" = pgcutover ] && db="$OURDB"
+    id=$(put_marker); wait_marker_in "$db" "$id"
+    stop_lag_sampler
+    awk -F, -v a="$ts" -v b="$te" 'NR>1 && $1>=a && $1<=b && $4>=0 {print $4}' "$csv" >> "$(eval echo "\$SLOTLAG_$who")"
+  fi
+  # shellcheck disable=SC2086
+  cpu_ticks $pids > "$BENCH_TMP/cpu1"
+  n=$(awk '/number of transactions actually processed/ {split($NF, a, "/"); print a[1]}' "$out")
+  local tps; tps=$(pgbench_tps "$out")
+  raw "tps_$who" "$r" "$tps" tps
+  eval "TPS_LIST_$who+=(\"$tps\")"
+  if [ "$who" != none ]; then
+    local cpu; cpu=$(calc "$(ticks_between "$BENCH_TMP/cpu0" "$BENCH_TMP/cpu1") * 1000 / $(getconf CLK_TCK) * 1000 / $n" 0)
+    raw "cpu_ms_per_1000_txns_$who" "$r" "$cpu" ms
+    eval "CPU_LIST_$who+=(\"$cpu\")"
+  fi
+}
+ORDERS=("none native pgcutover" "native pgcutover none" "pgcutover none native")
+for r in $(seq 1 "$REPS"); do
+  for who in ${ORDERS[$(( (r - 1) % 3 ))]}; do live "$who" "$r"; done
 done
-stop_daemon
-metric pgcutover_peak_rss "$(calc "$PEAK_KB/1024" 1)" MB
+
+# ---- 2. catch-up
+declare -A RATE_LIST
+catchup() {   # catchup native|pgcutover WORKLOAD ROUND MARKER
+  local who="$1" w="$2" r="$3" id="$4" db="$DBNAME" t0 t1 rate changes
+  [ "$who" = pgcutover ] && db="$OURDB"
+  t0=$(now)
+  if [ "$who" = native ]; then native_on; else ours_on; fi
+  wait_marker_in "$db" "$id"
+  t1=$(now)
+  if [ "$who" = native ]; then native_off; else ours_off; fi
+  same_or_die "$db" "$who $w catch-up"
+  if [ "$w" = pgbench ]; then changes=$((N_TX / CLIENTS * CLIENTS * 4)); else changes=$BULK_ROWS; fi
+  rate=$(calc "$changes/$(elapsed "$t0" "$t1")" 0)
+  raw "catchup_${w}_rows_per_s_$who" "$r" "$rate" rows/s
+  RATE_LIST[$who.$w]+="$rate "
+}
+for r in $(seq 1 "$REPS"); do
+  for w in pgbench bulk; do
+    only
+    src -c CHECKPOINT >/dev/null; dst -c CHECKPOINT >/dev/null
+    if [ "$w" = pgbench ]; then workload_pgbench "$N_TX"; else workload_bulk "$BULK_ROWS" "$BATCH"; fi
+    id=$(put_marker)
+    # the second consumer reads WAL the first one's walsender brought into the page cache:
+    # alternate who goes first
+    if [ $((r % 2)) = 1 ]; then firsts="native pgcutover"; else firsts="pgcutover native"; fi
+    for who in $firsts; do
+      # native_on waits out the launcher's restart interval before its clock starts
+      if [ "$who" = native ]; then
+        while [ "$(elapsed "$NATIVE_OFF_AT" "$(now)" | cut -d. -f1)" -lt 6 ]; do sleep 0.2; done
+      fi
+      catchup "$who" "$w" "$r" "$id"
+    done
+  done
+done
 "$PGCUTOVER" cleanup --config "$cfg" >/dev/null
+native_drop_sub
+
+# ---- results
+# shellcheck disable=SC2068
+med() { median $@; }
+TPS_BASE=$(med "${TPS_LIST_none[@]}"); TPS_NATIVE=$(med "${TPS_LIST_native[@]}"); TPS_OURS=$(med "${TPS_LIST_pgcutover[@]}")
+CPU_NATIVE=$(med "${CPU_LIST_native[@]}"); CPU_OURS=$(med "${CPU_LIST_pgcutover[@]}")
+metric tps_no_replication "$TPS_BASE" tps; metric tps_native "$TPS_NATIVE" tps; metric tps_pgcutover "$TPS_OURS" tps
+metric cpu_ms_per_1000_txns_native "$CPU_NATIVE" ms; metric cpu_ms_per_1000_txns_pgcutover "$CPU_OURS" ms
+lag_of() { sort -g "$1" | awk '{v[NR]=$1} END{ if(NR==0){print "NA NA NA"; exit} i=int(0.5*NR+0.5); if(i<1)i=1; j=int(0.99*NR+0.999); if(j>NR)j=NR; print v[i], v[j], v[NR] }'; }
+read -r NATIVE_LAG_MED _ NATIVE_LAG_MAX <<<"$(lag_of "$SLOTLAG_native")"
+read -r OURS_LAG_MED _ OURS_LAG_MAX <<<"$(lag_of "$SLOTLAG_pgcutover")"
+read -r HB_P50 HB_P99 HB_MAX <<<"$(lag_of "$HB")"
+metric native_slot_lag_median "$NATIVE_LAG_MED" bytes; metric native_slot_lag_max "$NATIVE_LAG_MAX" bytes
+metric pgcutover_slot_lag_median "$OURS_LAG_MED" bytes; metric pgcutover_slot_lag_max "$OURS_LAG_MAX" bytes
+metric pgcutover_lag_p50 "$HB_P50" s; metric pgcutover_lag_p99 "$HB_P99" s; metric pgcutover_lag_max "$HB_MAX" s
+metric pgcutover_lag_samples "$(wc -l < "$HB")" samples
+declare -A RATE
+for k in native.pgbench pgcutover.pgbench native.bulk pgcutover.bulk; do
+  # shellcheck disable=SC2086
+  RATE[$k]=$(med ${RATE_LIST[$k]})
+  metric "catchup_${k#*.}_rows_per_s_${k%.*}" "${RATE[$k]}" rows/s
+done
+metric pgcutover_peak_rss "$(calc "$PEAK_KB/1024" 1)" MB
 
 pct() { calc "100*($1-$TPS_BASE)/$TPS_BASE" 1; }
 {
   echo
-  echo "| SCALE=$SCALE, pgbench -c$CLIENTS -j$THREADS -T$PGBENCH_T | native subscription | **pgcutover** |"
+  echo "| SCALE=$SCALE, pgbench -c$CLIENTS -j$THREADS -T$PGBENCH_T, medians of $REPS rounds | native subscription | **pgcutover** |"
   echo "| --- | --- | --- |"
   echo "| source TPS (no replication: $TPS_BASE) | $TPS_NATIVE ($(pct "$TPS_NATIVE") %) | $TPS_OURS ($(pct "$TPS_OURS") %) |"
+  echo "| replication CPU per 1000 source transactions (ms) | $CPU_NATIVE | $CPU_OURS ($(calc "$CPU_OURS/$CPU_NATIVE" 2)x) |"
   echo "| slot lag under pgbench, median / max (bytes) | $NATIVE_LAG_MED / $NATIVE_LAG_MAX | $OURS_LAG_MED / $OURS_LAG_MAX |"
   echo "| end-to-end lag under pgbench, p50 / p99 / max (s) | – | $HB_P50 / $HB_P99 / $HB_MAX |"
-  echo "| catch-up, pgbench backlog ($(changes_of pgbench) changes) | ${NATIVE_RATE[pgbench]} rows/s | ${OURS_RATE[pgbench]} rows/s ($(calc "${OURS_RATE[pgbench]}/${NATIVE_RATE[pgbench]}" 2)x) |"
-  echo "| catch-up, bulk backlog ($BULK_ROWS rows, $BATCH-row txns) | ${NATIVE_RATE[bulk]} rows/s | ${OURS_RATE[bulk]} rows/s ($(calc "${OURS_RATE[bulk]}/${NATIVE_RATE[bulk]}" 2)x) |"
+  echo "| catch-up, pgbench backlog ($((N_TX / CLIENTS * CLIENTS * 4)) changes) | ${RATE[native.pgbench]} rows/s | ${RATE[pgcutover.pgbench]} rows/s ($(calc "${RATE[pgcutover.pgbench]}/${RATE[native.pgbench]}" 2)x) |"
+  echo "| catch-up, bulk backlog ($BULK_ROWS rows, $BATCH-row txns) | ${RATE[native.bulk]} rows/s | ${RATE[pgcutover.bulk]} rows/s ($(calc "${RATE[pgcutover.bulk]}/${RATE[native.bulk]}" 2)x) |"
   echo "| daemon peak RSS | – | $(calc "$PEAK_KB/1024" 1) MB |"
 } | tee -a "$RESULT_FILE"
