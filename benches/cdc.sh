@@ -5,8 +5,8 @@
 # pgc), and are switched on and off so that only the one being measured runs:
 #   1. live, REPS rounds in rotating order: source TPS of `pgbench -c4 -j2 -T$PGBENCH_T` with
 #      no consumer running, with the native subscription, with pgcutover; the CPU the
-#      replication takes per 1000 source transactions (walsender + apply worker, or walsender
-#      + pgcutover + its target session), read from /proc; slot lag (1 s samples) and, for
+#      replication takes per 1000 source transactions (the source's walsender, the whole target
+#      cluster, and pgcutover's daemon), read from /proc; slot lag (1 s samples) and, for
 #      pgcutover, its end-to-end heartbeat lag (/status every 0.25 s). Before each round every
 #      consumer catches up, untimed.
 #   2. catch-up, REPS rounds, first consumer alternating: with both stopped the source makes
@@ -26,6 +26,9 @@ REPO="$(cd "$HERE/.." && pwd)"
 BENCH_LIB="${BENCH_LIB:-$REPO/../shared/bench/lib.sh}"
 [ -f "$BENCH_LIB" ] || { echo "no harness at $BENCH_LIB (set BENCH_LIB)" >&2; exit 1; }
 RESULTS_DIR="${RESULTS_DIR:-$REPO/results}"
+# Two target databases of 755 MB each (at SCALE=50) share the target's buffers: with the
+# harness's 1 GB they would evict each other's pages and each catch-up would pay for the other.
+SHARED_BUFFERS="${SHARED_BUFFERS:-2GB}"
 . "$BENCH_LIB"
 SCRIPT_NAME=cdc
 PGBENCH_T="${PGBENCH_T:-60}"; CLIENTS="${CLIENTS:-4}"; THREADS="${THREADS:-2}"
@@ -117,16 +120,20 @@ only() {
   [[ " $* " == *" pgcutover "* ]] || ours_off
 }
 
-# ---- CPU of the replication processes, from /proc (clock ticks)
-# walsenders and native apply workers anywhere; pgcutover's sessions on the target database
-# and the daemon itself.
+# ---- CPU of the replication processes, from /proc (clock ticks): the source's walsenders,
+# every process of the target cluster (the native apply worker or pgcutover's session, and the
+# WAL writer, checkpointer and background writer they keep busy: the target serves nothing
+# else), and the daemon itself.
 repl_pids() {
-  local p c
+  local p c pp src_pm dst_pm
+  src_pm=$(head -1 "$BENCH_TMP/src/postmaster.pid"); dst_pm=$(head -1 "$BENCH_TMP/dst/postmaster.pid")
   for p in /proc/[0-9]*; do
     c=$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null) || continue
-    case "$c" in
-      *"walsender"*|*"logical replication worker"*|*"postgres $OURDB "*|"$PGCUTOVER "*) echo "${p#/proc/}" ;;
-    esac
+    pp=$(awk '{print $4}' "$p/stat" 2>/dev/null) || continue
+    if [ "$pp" = "$dst_pm" ] || { [ "$pp" = "$src_pm" ] && [[ "$c" == *walsender* ]]; } \
+      || [[ "$c" == "$PGCUTOVER "* ]]; then
+      echo "${p#/proc/}"
+    fi
   done
 }
 cpu_ticks() {   # cpu_ticks PID... -> "pid ticks" lines
@@ -138,6 +145,10 @@ cpu_ticks() {   # cpu_ticks PID... -> "pid ticks" lines
 ticks_between() { awk 'NR==FNR {a[$1]=$2; next} ($1 in a) {s += $2 - a[$1]} END {print s+0}' "$1" "$2"; }
 
 # ---- setup: native subscription into $DBNAME, pgcutover into $OURDB, both loaded
+# Both connect to the source over TCP on 127.0.0.1, as a migration between two hosts does (the
+# harness's default for the subscription is the Unix socket, which pgcutover's replication
+# transport does not offer; TCP costs the walsender more per message than a Unix socket).
+SRC_CONNINFO() { echo "host=127.0.0.1 port=$SRC_PORT dbname=$DBNAME user=postgres"; }
 native_create_pub
 recreate_db "$DST_PORT"
 native_schema_to_target full
