@@ -162,7 +162,6 @@ same_or_die "$DBNAME" "native load"; same_or_die "$OURDB" "pgcutover load"
 src -c "VACUUM ANALYZE" >/dev/null; dst -c "VACUUM ANALYZE" >/dev/null; ourq "VACUUM ANALYZE" >/dev/null
 
 # ---- 1. live
-declare -A TPS CPU
 TPS_LIST_none=(); TPS_LIST_native=(); TPS_LIST_pgcutover=(); CPU_LIST_native=(); CPU_LIST_pgcutover=()
 HB="$BENCH_TMP/logs/heartbeat-lag.txt"; : > "$HB"
 SLOTLAG_native="$BENCH_TMP/logs/slotlag-native.txt"; SLOTLAG_pgcutover="$BENCH_TMP/logs/slotlag-pgcutover.txt"
