@@ -6,8 +6,16 @@
 //! records the applied position ([`super::progress`]): a source transaction is applied entirely
 //! or not at all, and the recorded position is exact.
 //!
-//! ## Speed without reordering
+//! ## Speed, with the source's result
 //!
+//! * **The batch buffer.** Changes are first gathered in a [`Buffer`]: per table, in order,
+//!   with repeated updates of one row merged (see [`super::coalesce`] for why the result is
+//!   the same). It is sent when the batch commits, when it is full, before a TRUNCATE, and
+//!   around tables whose triggers fire during the apply.
+//! * **Commits that do not wait.** [`Applier::commit`] sends the progress row and COMMIT and
+//!   returns; the target applies that batch while the next one is gathered. The next commit
+//!   is sent only once the previous one was answered (an error in it is then reported and the
+//!   open batch rolled back), and the position is confirmed to the source only after that.
 //! * **Scripts of prepared statements for single-row changes.** Each table shape gets a
 //!   server-side prepared statement (`PREPARE pgc_N (text, ...) AS ...`) once per session,
 //!   and single-row changes go out as `EXECUTE pgc_N('...', ...)` lines, up to
@@ -23,17 +31,19 @@
 //!   with array literals was measured 10–25 % slower on the bulk backlog).
 //! * **Pipelining.** Scripts, runs and the few other statements (BEGIN, the progress row,
 //!   COMMIT, TRUNCATE) are sent without waiting for the previous one's answer; answers are read
-//!   later, in order. Order is guaranteed because a tokio-postgres request is written to the
-//!   connection the first time its future is polled, and [`Applier`] polls each one right
-//!   after creating it.
+//!   later, in order (a batch's statements are still on their way when the next one opens).
+//!   Order is guaranteed because a tokio-postgres request is written to the connection the
+//!   first time its future is polled, and [`Applier`] polls each one right after creating it.
 //! * **Runs.** Consecutive changes of one kind to one table (a *run*) go out as one statement
 //!   over `unnest()`ed text arrays. A run never holds two changes to the same key
 //!   (an UPDATE joined against the table would apply only one of them), and tables with unique
 //!   or exclusion constraints besides the identity are updated row by row, because PostgreSQL
 //!   checks those row by row inside a statement and could fail on an order the source never
 //!   had. Inserts and deletes never have that problem.
-//! * **Bounded memory.** A run is at most [`MAX_RUN`] rows and at most [`MAX_INFLIGHT`]
-//!   statements are unanswered, so a source transaction of any size streams through.
+//! * **Bounded memory.** The buffer is sent when full ([`super::coalesce::MAX_CHANGES`],
+//!   [`super::coalesce::MAX_BYTES`]), a run is at most [`MAX_RUN`] rows and at most
+//!   [`MAX_INFLIGHT`] statements are unanswered, so a source transaction of any size streams
+//!   through.
 //!
 //! Values travel in text form and are cast to the target column's type; NULL stays NULL (a
 //! separate flag, never a string), so NULL and '' stay apart. Unchanged TOAST values are left
@@ -52,6 +62,7 @@ use postgres_protocol::types::{ArrayDimension, array_to_sql};
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, Statement};
 
+use super::coalesce::{Buffer, Change, Key};
 use super::decode::{OldKind, Tuple, Value};
 use super::relation::RelInfo;
 use crate::pg::{Lsn, SqlError, error_text, quote_ident, quote_literal};
@@ -223,11 +234,21 @@ struct InFlight {
     fut: Pending,
     /// One per statement of the request.
     expect: Vec<Expect>,
+    /// The request that ends a batch's commit (the COMMIT, or the WAL-position read after
+    /// it, whose two answers are the positions): once it is answered, the batch is in.
+    ends_commit: Option<EndsCommit>,
+}
+
+struct EndsCommit {
+    totals: Committed,
+    answers_positions: bool,
 }
 
 /// Totals of one committed batch.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Committed {
+    /// The source position the batch brought the target to (a source commit's end).
+    pub source_end: Lsn,
     pub changes: u64,
     pub transactions: u64,
     /// Updates and deletes that found no row on the target.
@@ -249,8 +270,16 @@ pub struct Applier {
     /// not offer them, and then commits are synchronous.
     wal_positions: Option<Statement>,
     in_txn: bool,
+    /// Changes of the open batch not sent yet (grouped per table, merged).
+    buffer: Buffer,
     run: Option<Run>,
     inflight: VecDeque<InFlight>,
+    /// Commits sent and not answered yet (at most one: see [`Applier::commit`])…
+    commits_in_flight: usize,
+    /// …and those answered since the caller last heard of them.
+    done: Vec<Committed>,
+    /// Rows not found by statements answered since the last answered commit.
+    missing: u64,
     /// Server-side prepared statements for single-row changes (run by name in scripts)…
     named: HashMap<StmtKey, String>,
     /// …and extended-protocol statements for multi-row runs, per table shape.
@@ -335,8 +364,12 @@ impl Applier {
             progress,
             wal_positions,
             in_txn: false,
+            buffer: Buffer::default(),
             run: None,
             inflight: VecDeque::new(),
+            commits_in_flight: 0,
+            done: Vec::new(),
+            missing: 0,
             named: HashMap::new(),
             extended: HashMap::new(),
             prepared: 0,
@@ -380,7 +413,7 @@ impl Applier {
         for v in new {
             values.push(text_of(rel, v)?);
         }
-        self.add(rel, Kind::Insert, values, &[]).await
+        self.buffer_change(rel, Change::Insert(values)).await
     }
 
     pub async fn update(
@@ -402,13 +435,13 @@ impl Applier {
             // Nothing the target can or must change (only kept TOAST and identity columns).
             return Ok(());
         }
-        let mut set_values = Vec::with_capacity(new.len());
-        for (v, s) in new.iter().zip(&set) {
-            if *s {
-                set_values.push(text_of(rel, v.clone())?);
-            }
-        }
         if rel.full_identity() {
+            let mut set_values = Vec::with_capacity(new.len());
+            for (v, s) in new.iter().zip(&set) {
+                if *s {
+                    set_values.push(text_of(rel, v.clone())?);
+                }
+            }
             let Some((_, old)) = old else {
                 return Err(bad_value(
                     rel,
@@ -418,14 +451,12 @@ impl Applier {
             let (old_mask, old_values) = full_old(rel, old)?;
             check_identity_unchanged(rel, &old_mask, &old_values, &new)?;
             set_values.extend(old_values);
-            return self
-                .add(
-                    rel,
-                    Kind::FullUpdate { old: old_mask, set },
-                    set_values,
-                    &[],
-                )
-                .await;
+            let change = Change::FullUpdate {
+                old: old_mask,
+                set,
+                values: set_values,
+            };
+            return self.buffer_change(rel, change).await;
         }
         if rel.key.is_empty() {
             return Err(bad_value(
@@ -451,14 +482,17 @@ impl Applier {
                 .collect();
             check_identity_unchanged(rel, &key_mask, k, &new)?;
         }
-        let where_key = old_key.clone().unwrap_or_else(|| new_key.clone());
-        set_values.extend(where_key.iter().cloned());
-        let touched = match old_key {
-            Some(k) if k != new_key => vec![k, new_key],
-            _ => vec![new_key],
+        let mut row = Vec::with_capacity(new.len());
+        for (v, s) in new.into_iter().zip(&set) {
+            row.push(if *s { text_of(rel, v)? } else { None });
+        }
+        let change = Change::Update {
+            set,
+            row,
+            old_key: old_key.filter(|k| *k != new_key),
+            new_key,
         };
-        self.add(rel, Kind::Update { set }, set_values, &touched)
-            .await
+        self.buffer_change(rel, change).await
     }
 
     pub async fn delete(
@@ -471,9 +505,9 @@ impl Applier {
             return Err(bad_value(rel, "delete has the wrong number of columns"));
         }
         if rel.full_identity() {
-            let (mask, values) = full_old(rel, old)?;
+            let (old, values) = full_old(rel, old)?;
             return self
-                .add(rel, Kind::FullDelete { old: mask }, values, &[])
+                .buffer_change(rel, Change::FullDelete { old, values })
                 .await;
         }
         if rel.key.is_empty() {
@@ -483,7 +517,7 @@ impl Applier {
             ));
         }
         let key = key_of(rel, &old)?;
-        self.add(rel, Kind::Delete, key, &[]).await
+        self.buffer_change(rel, Change::Delete(key)).await
     }
 
     /// TRUNCATE the given tables, with the options the source used.
@@ -496,7 +530,7 @@ impl Applier {
         if rels.is_empty() {
             return Ok(());
         }
-        self.flush_run().await?;
+        self.flush_buffer().await?;
         let list: Vec<String> = rels.iter().map(|r| r.table.to_string()).collect();
         let sql = format!(
             "TRUNCATE ONLY {}{}{}",
@@ -524,12 +558,24 @@ impl Applier {
     }
 
     /// Commit the target transaction with `applied` (a source commit's end) as the new
-    /// position; on return everything up to it is durable on the target.
-    pub async fn commit(&mut self, applied: Lsn) -> Result<Committed, ApplyError> {
+    /// position. Does not wait for the answer: the target works on this batch while the
+    /// caller gathers the next one. Returns the batches whose commit was answered meanwhile
+    /// (see [`Applier::settle`]).
+    ///
+    /// The commit of the previous batch must have succeeded before this one is sent: its
+    /// statements may have failed, and then its COMMIT only ended a failed transaction, while
+    /// this batch's statements went on in a new one. So it is waited for here, after this
+    /// batch's statements are sent (the target stays busy meanwhile), and an error in it
+    /// leaves this batch uncommitted for the caller to roll back.
+    pub async fn commit(&mut self, applied: Lsn) -> Result<Vec<Committed>, ApplyError> {
         if !self.in_txn {
-            return Ok(Committed::default());
+            return Ok(std::mem::take(&mut self.done));
         }
-        self.flush_run().await?;
+        self.flush_buffer().await?;
+        self.flush_script().await?;
+        while self.commits_in_flight > 0 {
+            self.settle_one().await?;
+        }
         let (progress, commit) = (self.progress.clone(), self.commit.clone());
         let (lsn, id) = (applied.to_string(), self.migration_id.clone());
         self.send(
@@ -537,16 +583,47 @@ impl Applier {
             None,
         )
         .await?;
-        self.send(move |c| async move { c.execute(&commit, &[]).await }, None)
-            .await?;
-        self.drain().await?;
+        let mut totals = std::mem::take(&mut self.batch);
+        totals.source_end = applied;
         self.in_txn = false;
-        let mut done = std::mem::take(&mut self.batch);
-        if let Some((insert, flushed)) = self.wal_positions().await? {
-            done.target_lsn = insert;
-            done.target_flushed = flushed;
-        }
-        Ok(done)
+        self.commits_in_flight += 1;
+        let positions = self.wal_positions.clone();
+        let ends = EndsCommit {
+            totals,
+            answers_positions: positions.is_some(),
+        };
+        let commit_sql = move |c: Arc<Client>| async move { c.execute(&commit, &[]).await };
+        let Some(positions) = positions else {
+            self.send_ending(commit_sql, None, Some(ends)).await?;
+            return Ok(std::mem::take(&mut self.done));
+        };
+        self.send(commit_sql, None).await?;
+        // Read right after the COMMIT on the same session: at or past its record.
+        let c = self.client.clone();
+        let fut: Pending = Box::pin(async move {
+            let row = c.query_one(&positions, &[]).await.map_err(|e| (0, e))?;
+            let lsn = |i: usize| {
+                row.get::<_, String>(i)
+                    .parse::<Lsn>()
+                    .unwrap_or(Lsn::ZERO)
+                    .0
+            };
+            Ok(vec![lsn(0), lsn(1)])
+        });
+        self.push(fut, vec![None, None], Some(ends)).await?;
+        Ok(std::mem::take(&mut self.done))
+    }
+
+    /// Wait for every request sent, and return the batches whose commit was answered since
+    /// the caller last heard of them.
+    pub async fn settle(&mut self) -> Result<Vec<Committed>, ApplyError> {
+        self.drain().await?;
+        Ok(std::mem::take(&mut self.done))
+    }
+
+    /// A commit was sent and its answer not read yet.
+    pub fn commit_pending(&self) -> bool {
+        self.commits_in_flight > 0
     }
 
     /// The target's current WAL insert and flush positions (`None` when commits are
@@ -570,6 +647,10 @@ impl Applier {
     /// Give up the open target transaction (nothing of it is applied).
     pub async fn rollback(&mut self) -> Result<(), SqlError> {
         self.inflight.clear();
+        self.commits_in_flight = 0;
+        self.done.clear();
+        self.missing = 0;
+        self.buffer.clear();
         self.run = None;
         self.script.clear();
         self.script_expect.clear();
@@ -590,14 +671,40 @@ impl Applier {
         Ok(())
     }
 
+    /// Take a change into the batch buffer (sending the buffer first or after when it must).
+    async fn buffer_change(
+        &mut self,
+        rel: &Arc<RelInfo>,
+        change: Change,
+    ) -> Result<(), ApplyError> {
+        self.batch.changes += 1;
+        if self.buffer.must_flush_before(rel) {
+            self.flush_buffer().await?;
+        }
+        self.buffer.push(rel, change);
+        if self.buffer.full() {
+            self.flush_buffer().await?;
+        }
+        Ok(())
+    }
+
+    /// Send what the buffer holds, as runs and scripts.
+    async fn flush_buffer(&mut self) -> Result<(), ApplyError> {
+        for (rel, change) in self.buffer.take() {
+            let (kind, values, touched) = statement_of(change);
+            self.add(&rel, kind, values, &touched).await?;
+        }
+        self.flush_run().await
+    }
+
+    /// Add one row change to the current run (sending the run first when it cannot join).
     async fn add(
         &mut self,
         rel: &Arc<RelInfo>,
         kind: Kind,
         values: Vec<Option<Bytes>>,
-        touched: &[Vec<Option<Bytes>>],
+        touched: &[Key],
     ) -> Result<(), ApplyError> {
-        self.batch.changes += 1;
         let fits = self.run.as_ref().is_some_and(|r| {
             r.rel.relid == rel.relid
                 && r.rel.generation == rel.generation
@@ -757,7 +864,7 @@ impl Applier {
                 }
             }
         });
-        self.push(fut, expect).await
+        self.push(fut, expect, None).await
     }
 
     /// Send one statement now, after the script built so far (see the module docs on
@@ -767,30 +874,50 @@ impl Applier {
         F: FnOnce(Arc<Client>) -> Fut,
         Fut: Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'static,
     {
+        self.send_ending(make, expect, None).await
+    }
+
+    /// [`Applier::send`], for a request that may end a commit.
+    async fn send_ending<F, Fut>(
+        &mut self,
+        make: F,
+        expect: Expect,
+        ends_commit: Option<EndsCommit>,
+    ) -> Result<(), ApplyError>
+    where
+        F: FnOnce(Arc<Client>) -> Fut,
+        Fut: Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'static,
+    {
         self.flush_script().await?;
         let fut = make(self.client.clone());
         self.push(
             Box::pin(async move { fut.await.map(|n| vec![n]).map_err(|e| (0, e)) }),
             vec![expect],
+            ends_commit,
         )
         .await
     }
 
     /// Poll a request once (which writes it to the connection) and queue its answer.
-    async fn push(&mut self, mut fut: Pending, expect: Vec<Expect>) -> Result<(), ApplyError> {
+    async fn push(
+        &mut self,
+        mut fut: Pending,
+        expect: Vec<Expect>,
+        ends_commit: Option<EndsCommit>,
+    ) -> Result<(), ApplyError> {
         let first_poll = {
             let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
             fut.as_mut().poll(&mut cx)
         };
-        match first_poll {
-            Poll::Ready(result) => {
-                self.inflight.push_back(InFlight {
-                    fut: Box::pin(std::future::ready(result)),
-                    expect,
-                });
-            }
-            Poll::Pending => self.inflight.push_back(InFlight { fut, expect }),
-        }
+        let fut = match first_poll {
+            Poll::Ready(result) => Box::pin(std::future::ready(result)),
+            Poll::Pending => fut,
+        };
+        self.inflight.push_back(InFlight {
+            fut,
+            expect,
+            ends_commit,
+        });
         while self.inflight.len() > MAX_INFLIGHT {
             self.settle_one().await?;
         }
@@ -807,10 +934,23 @@ impl Applier {
                     if let Some((want, subject)) = expect
                         && n < want
                     {
-                        self.batch.missing_rows += want - n;
+                        self.missing += want - n;
                         tracing::warn!(table = %subject.name(), missing = want - n,
                             "rows to update or delete were not found on the target");
                     }
+                }
+                if let Some(EndsCommit {
+                    mut totals,
+                    answers_positions,
+                }) = f.ends_commit
+                {
+                    if answers_positions && let [insert, flushed] = counts[..] {
+                        totals.target_lsn = Lsn(insert);
+                        totals.target_flushed = Lsn(flushed);
+                    }
+                    totals.missing_rows = std::mem::take(&mut self.missing);
+                    self.commits_in_flight -= 1;
+                    self.done.push(totals);
                 }
                 Ok(())
             }
@@ -837,6 +977,43 @@ impl Applier {
             self.settle_one().await?;
         }
         Ok(())
+    }
+}
+
+/// A buffered change as one statement's kind and parameters (SET or inserted values, then
+/// the key or old values), and the keys it touches (for updates: a run must not touch a key
+/// twice).
+fn statement_of(change: Change) -> (Kind, Vec<Option<Bytes>>, Vec<Key>) {
+    match change {
+        Change::Insert(row) => (Kind::Insert, row, Vec::new()),
+        Change::Update {
+            set,
+            row,
+            old_key,
+            new_key,
+        } => {
+            let mut values: Vec<Option<Bytes>> = row
+                .into_iter()
+                .zip(&set)
+                .filter_map(|(v, &s)| s.then_some(v))
+                .collect();
+            let touched = match old_key {
+                Some(old) => {
+                    values.extend(old.iter().cloned());
+                    vec![old, new_key]
+                }
+                None => {
+                    values.extend(new_key.iter().cloned());
+                    vec![new_key]
+                }
+            };
+            (Kind::Update { set }, values, touched)
+        }
+        Change::Delete(key) => (Kind::Delete, key, Vec::new()),
+        Change::FullUpdate { old, set, values } => {
+            (Kind::FullUpdate { old, set }, values, Vec::new())
+        }
+        Change::FullDelete { old, values } => (Kind::FullDelete { old }, values, Vec::new()),
     }
 }
 
@@ -1100,6 +1277,7 @@ mod tests {
             key: vec![0],
             skip_before: Lsn(0),
             extra_unique: false,
+            ordered: false,
             generation: 1,
         }
     }

@@ -16,8 +16,9 @@
 //! snapshot than the transaction's commit is already in the copy and is skipped too (see
 //! [`crate::load`]). Everything else is applied; the target transaction is committed at a
 //! source commit boundary when the batch is large, or old, or has lingered a little
-//! ([`BATCH_LINGER`]) and the stream has nothing more ready; only then is the position
-//! confirmed to the source.
+//! ([`BATCH_LINGER`]) and the stream has nothing more ready. The commit is not waited for
+//! while more transactions are ready (the next batch is gathered meanwhile); once it is
+//! answered, and the target has flushed it, the position is confirmed to the source.
 //!
 //! ## Batching
 //!
@@ -45,6 +46,7 @@
 //! is the end-to-end lag, with no clock skew between hosts involved.
 
 pub mod apply;
+pub mod coalesce;
 pub mod decode;
 pub mod hold;
 pub mod progress;
@@ -67,8 +69,7 @@ use decode::{DecodeError, Message};
 use relation::{RelationCache, RelationError};
 use stream::{Event, Stream, StreamError};
 
-/// Commit the target transaction at the next source commit once it holds this many changes
-/// (small enough that rows updated over and over in one batch do not pile up versions)…
+/// Commit the target transaction at the next source commit once it holds this many changes…
 const BATCH_CHANGES: u64 = 5_000;
 /// …or is this old…
 const BATCH_AGE: Duration = Duration::from_millis(250);
@@ -346,6 +347,10 @@ async fn session_inner(
     let mut last_end = applied;
     let mut batch_started: Option<Instant> = None;
     let mut heartbeat_waiting: Option<i64> = None;
+    // Heartbeats that arrived before a commit still unanswered: (its source position, stamp).
+    let mut heartbeats: VecDeque<(Lsn, i64)> = VecDeque::new();
+    // Where the last commit sent will bring the target.
+    let mut sent_end = applied;
     // Committed batches whose commit the target may not have flushed yet:
     // (target WAL position after the commit, source position it stands for).
     let mut unflushed: VecDeque<(Lsn, Lsn)> = VecDeque::new();
@@ -367,18 +372,41 @@ async fn session_inner(
             {
                 let done = applier.commit(last_end).await?;
                 batch_started = None;
-                applied = last_end;
-                *progressed = true;
-                unflushed.push_back((done.target_lsn, applied));
-                confirm_flushed(&stream, &mut unflushed, done.target_flushed);
-                status.cdc_committed(applied, done.changes, done.transactions, done.missing_rows);
+                sent_end = last_end;
                 if let Some(sent) = heartbeat_waiting.take() {
-                    status.heartbeat_applied(sent);
+                    heartbeats.push_back((last_end, sent));
+                }
+                for d in done {
+                    answered(
+                        d,
+                        &mut applied,
+                        &mut unflushed,
+                        &mut heartbeats,
+                        &stream,
+                        status,
+                    );
+                    *progressed = true;
+                }
+            }
+            // A commit still unanswered is waited for once nothing else is to be done (or a
+            // hold is due); during a catch-up the next batch's commit waits for it.
+            if applier.commit_pending() && txn.is_none() && (hold_due || !stream.has_ready()) {
+                for d in applier.settle().await? {
+                    answered(
+                        d,
+                        &mut applied,
+                        &mut unflushed,
+                        &mut heartbeats,
+                        &stream,
+                        status,
+                    );
+                    *progressed = true;
                 }
             }
             if hold_due
                 && txn.is_none()
                 && batch_started.is_none()
+                && !applier.commit_pending()
                 && let Some(h) = pending_hold.take()
             {
                 pending_hold = h.wait(applied).await;
@@ -438,7 +466,10 @@ async fn session_inner(
                             applier.end_source_txn();
                             last_end = end_lsn;
                         }
-                        _ if batch_started.is_none() && unflushed.is_empty() => {
+                        _ if batch_started.is_none()
+                            && !applier.commit_pending()
+                            && unflushed.is_empty() =>
+                        {
                             // Applied by an earlier run: the slot may forget it.
                             stream.confirm(end_lsn.max(applied));
                             status.cdc_processed(end_lsn);
@@ -463,6 +494,8 @@ async fn session_inner(
                     if let Some(sent) = sent {
                         if batch_started.is_some() {
                             heartbeat_waiting = Some(sent);
+                        } else if applier.commit_pending() {
+                            heartbeats.push_back((sent_end, sent));
                         } else {
                             status.heartbeat_applied(sent);
                             status.cdc_processed(lsn);
@@ -491,6 +524,7 @@ async fn session_inner(
                     // the published tables are idle).
                     if txn.is_none()
                         && batch_started.is_none()
+                        && !applier.commit_pending()
                         && unflushed.is_empty()
                         && wal_end > applied
                     {
@@ -518,6 +552,38 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// A batch's commit was answered: the target is at its source position (durable once the
+/// target flushes its WAL that far).
+fn answered(
+    done: apply::Committed,
+    applied: &mut Lsn,
+    unflushed: &mut VecDeque<(Lsn, Lsn)>,
+    heartbeats: &mut VecDeque<(Lsn, i64)>,
+    stream: &Stream,
+    status: &StatusBoard,
+) {
+    *applied = done.source_end;
+    unflushed.push_back((done.target_lsn, done.source_end));
+    confirm_flushed(stream, unflushed, done.target_flushed);
+    status.cdc_committed(
+        done.source_end,
+        done.changes,
+        done.transactions,
+        done.missing_rows,
+    );
+    let mut newest = None;
+    while let Some(&(at, sent)) = heartbeats.front() {
+        if at > done.source_end {
+            break;
+        }
+        newest = Some(sent);
+        heartbeats.pop_front();
+    }
+    if let Some(sent) = newest {
+        status.heartbeat_applied(sent);
     }
 }
 

@@ -49,6 +49,10 @@ pub struct RelInfo {
     /// The target has unique or exclusion constraints besides the identity key, which a
     /// multi-row UPDATE could trip over in between rows: such tables are updated row by row.
     pub extra_unique: bool,
+    /// The target table (or one of its partitions) has triggers or rules that fire during the
+    /// apply (`ENABLE ALWAYS` or `ENABLE REPLICA`): its changes keep their exact order among
+    /// every other table's and are never merged (see [`super::coalesce`]).
+    pub ordered: bool,
     /// Bumped each time the relation is described again, so statements built for an older
     /// shape are not reused.
     pub generation: u64,
@@ -156,7 +160,13 @@ impl RelationCache {
             .ok_or_else(|| RelationError::NotMigrated {
                 table: table.display_plain(),
             })?;
-        let (cols, extra_unique) = target_columns(target, &table).await?;
+        let (
+            cols,
+            TableTraits {
+                extra_unique,
+                ordered,
+            },
+        ) = target_columns(target, &table).await?;
         if cols.is_empty() {
             return Err(RelationError::MissingOnTarget {
                 table: table.display_plain(),
@@ -191,6 +201,7 @@ impl RelationCache {
             key,
             skip_before,
             extra_unique,
+            ordered,
             generation: self.generation,
         });
         self.rels.insert(rel.relid, info.clone());
@@ -257,12 +268,21 @@ impl RelationCache {
     }
 }
 
-/// The target table's stored (not generated, not dropped) columns, and whether it has unique
-/// or exclusion constraints other than its replica identity. Empty when the table is absent.
+/// What the apply must know of a target table besides its columns.
+#[derive(Debug, Default)]
+struct TableTraits {
+    /// Unique or exclusion constraints other than the replica identity.
+    extra_unique: bool,
+    /// Triggers or rules that fire under `session_replication_role = replica`.
+    ordered: bool,
+}
+
+/// The target table's stored (not generated, not dropped) columns, and its [`TableTraits`].
+/// No columns when the table is absent.
 async fn target_columns(
     target: &Client,
     table: &TableName,
-) -> Result<(Vec<TargetColumn>, bool), SqlError> {
+) -> Result<(Vec<TargetColumn>, TableTraits), SqlError> {
     let rows = target
         .query(
             "SELECT a.attname::text, a.atttypid::int8, a.atttypmod, tn.nspname::text,
@@ -303,22 +323,32 @@ async fn target_columns(
             always_identity: r.get(8),
         })
         .collect();
-    let extra_unique: bool = target
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i
-                             WHERE i.indrelid = c.oid AND i.indisunique
-                               AND NOT i.indisprimary AND NOT i.indisreplident)
-                 OR EXISTS (SELECT 1 FROM pg_catalog.pg_constraint x
-                             WHERE x.conrelid = c.oid AND x.contype = 'x')
-               FROM pg_catalog.pg_class c
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = $1 AND c.relname = $2",
+    let traits = target
+        .query_opt(
+            "WITH RECURSIVE tree AS (
+                 SELECT c.oid FROM pg_catalog.pg_class c
+                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = $1 AND c.relname = $2
+                 UNION ALL
+                 SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid)
+             SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_index i JOIN tree ON i.indrelid = tree.oid
+                             WHERE i.indisunique AND NOT i.indisprimary AND NOT i.indisreplident)
+                 OR EXISTS (SELECT 1 FROM pg_catalog.pg_constraint x JOIN tree ON x.conrelid = tree.oid
+                             WHERE x.contype = 'x'),
+                    EXISTS (SELECT 1 FROM pg_catalog.pg_trigger g JOIN tree ON g.tgrelid = tree.oid
+                             WHERE NOT g.tgisinternal AND g.tgenabled IN ('A', 'R'))
+                 OR EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite r JOIN tree ON r.ev_class = tree.oid
+                             WHERE r.ev_enabled IN ('A', 'R') AND r.rulename <> '_RETURN')",
             &[&table.schema, &table.name],
         )
         .await
-        .map(|r| r.get(0))
-        .unwrap_or(false);
-    Ok((cols, extra_unique))
+        .ctx(|| format!("reading the constraints and triggers of {} on the target", table.display_plain()))?
+        .map(|r| TableTraits {
+            extra_unique: r.get(0),
+            ordered: r.get(1),
+        })
+        .unwrap_or_default();
+    Ok((cols, traits))
 }
 
 #[cfg(test)]
