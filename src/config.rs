@@ -31,6 +31,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("replication", "exclude"),
     ("replication", "copy_schema"),
     ("replication", "parallel_workers"),
+    ("replication", "apply_sessions"),
     ("replication", "split_tables_larger_than"),
     ("replication", "pg_bin_dir"),
     ("cutover", "max_lag"),
@@ -83,6 +84,9 @@ pub struct Replication {
     pub exclude: Vec<TablePattern>,
     pub copy_schema: bool,
     pub parallel_workers: usize,
+    /// Target sessions the change stream applies batches on (batches that write different
+    /// rows run side by side).
+    pub apply_sessions: usize,
     /// Tables with more bytes than this are copied in block ranges by several workers;
     /// 0 never splits.
     pub split_tables_larger_than: u64,
@@ -266,6 +270,16 @@ impl Config {
                 cpus
             }
         };
+        let apply_sessions = match r.int("replication", "apply_sessions") {
+            None => DEFAULT_APPLY_SESSIONS,
+            Some(n) if (1..=8).contains(&n) => n as usize,
+            Some(n) => {
+                r.problems.push(format!(
+                    "replication.apply_sessions must be between 1 and 8, not {n}"
+                ));
+                DEFAULT_APPLY_SESSIONS
+            }
+        };
         let split_tables_larger_than = r
             .size("replication", "split_tables_larger_than")
             .unwrap_or(DEFAULT_SPLIT_BYTES);
@@ -340,6 +354,7 @@ impl Config {
                 exclude,
                 copy_schema,
                 parallel_workers,
+                apply_sessions,
                 split_tables_larger_than,
                 pg_bin_dir,
             },
@@ -358,6 +373,9 @@ impl Config {
 
 /// 1 GiB: below that a table is one unit of work (and can be loaded with `COPY FREEZE`).
 pub const DEFAULT_SPLIT_BYTES: u64 = 1 << 30;
+/// Two sessions let a batch run while the one before it commits; more rarely pay on the
+/// CPUs a target usually has for one stream (see `cdc::apply`).
+pub const DEFAULT_APPLY_SESSIONS: usize = 2;
 
 /// Apply `PGCUTOVER_<SECTION>_<KEY>=value` onto the table. Values are read as TOML when they
 /// parse as a TOML value of a non-string kind (`true`, `8`, `["a", "b"]`), else as a string.
@@ -656,6 +674,7 @@ mod tests {
             engine = "carrier-pigeon"
             migration_id = "Bad Id!"
             parallel_workers = 0
+            apply_sessions = 9
             tables = ["public."]
             copy_schema = "yes"
             split_tables_larger_than = "lots"
@@ -678,6 +697,7 @@ mod tests {
             "engine must be",
             "migration_id",
             "parallel_workers must be between",
+            "apply_sessions must be between 1 and 8",
             "has an empty part",
             "copy_schema must be true or false",
             "split_tables_larger_than",

@@ -93,6 +93,9 @@ pub struct CdcView {
     pub retained_wal_bytes: Option<u64>,
     pub changes_applied: u64,
     pub transactions_applied: u64,
+    /// Batches applied on a target session of their own while the batch before them was
+    /// still being applied (they wrote none of its rows).
+    pub batches_beside: u64,
     /// Updates and deletes whose row was not on the target (a sign of writes to the target).
     pub missing_rows: u64,
     /// Heartbeat latency over the last heartbeats (up to 10 minutes).
@@ -230,6 +233,11 @@ impl StatusBoard {
             Some(cdc.transactions_applied as f64),
         );
         gauge(
+            "pgcutover_batches_beside",
+            "Batches applied on a target session of their own beside the one before them.",
+            Some(cdc.batches_beside as f64),
+        );
+        gauge(
             "pgcutover_stream_reconnects",
             "Reconnections of the change stream.",
             Some(cdc.reconnects as f64),
@@ -278,14 +286,15 @@ impl StatusBoard {
     }
 
     /// A target transaction committed.
-    pub fn cdc_committed(&self, applied: Lsn, changes: u64, transactions: u64, missing: u64) {
+    pub fn cdc_committed(&self, batch: &crate::cdc::apply::Committed) {
         let mut g = self.lock();
         let c = g.cdc.get_or_insert_with(CdcView::default);
-        c.applied_lsn = c.applied_lsn.max(applied);
-        c.processed_lsn = c.processed_lsn.max(applied);
-        c.changes_applied += changes;
-        c.transactions_applied += transactions;
-        c.missing_rows += missing;
+        c.applied_lsn = c.applied_lsn.max(batch.source_end);
+        c.processed_lsn = c.processed_lsn.max(batch.source_end);
+        c.changes_applied += batch.changes;
+        c.transactions_applied += batch.transactions;
+        c.batches_beside += u64::from(batch.beside);
+        c.missing_rows += batch.missing_rows;
     }
 
     /// Everything up to `lsn` is processed (nothing of ours was there to apply).

@@ -587,6 +587,7 @@ async fn dropped_connections_on_either_side_are_retried_and_lose_nothing() {
         ),
         (
             &tgt,
+            // Both apply sessions (`replication.apply_sessions` is 2).
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
               WHERE application_name = 'pgcutover-apply'",
         ),
@@ -595,7 +596,8 @@ async fn dropped_connections_on_either_side_are_retried_and_lose_nothing() {
         tokio::time::sleep(Duration::from_millis(700)).await;
         wait_caught_up(&src, &tgt, LIMIT).await;
         let killed = scalar(side, sql).await;
-        assert_eq!(killed, 1, "{sql}");
+        let sessions = if std::ptr::eq(side, &src) { 1 } else { 2 };
+        assert_eq!(killed, sessions, "{sql}");
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
     stop.store(true, Ordering::Relaxed);
@@ -624,7 +626,7 @@ async fn the_apply_session_does_not_jit_compile_scans_it_cannot_index() {
     )
     .await
     .unwrap();
-    let applier = pgcutover::cdc::apply::Applier::new(pair.tgt().await, "m")
+    let applier = pgcutover::cdc::apply::Applier::new(vec![pair.tgt().await], "m")
         .await
         .unwrap();
     // What a change to a REPLICA IDENTITY FULL table without an index runs: a scan costed
@@ -774,4 +776,173 @@ async fn bursts_of_small_transactions_apply_as_their_net_effect_in_source_order(
     assert_same(&pair).await;
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();
+}
+
+/// A backlog of transactions that write different rows is applied on two target sessions at
+/// once (`replication.apply_sessions`), each batch beside the one before it, while commits
+/// keep the source's order. When the target refuses a change in the middle, neither its
+/// batch nor any later one (running on the other session) is committed; after the fix the
+/// resumed stream converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn independent_batches_run_side_by_side_and_a_refusal_among_them_commits_nothing_after_it() {
+    let pair = Pair::start().await;
+    let src = pair.src().await;
+    src.batch_execute(
+        "CREATE TABLE marker (id serial PRIMARY KEY);
+         CREATE TABLE wide (id int PRIMARY KEY, v int NOT NULL);",
+    )
+    .await
+    .unwrap();
+    let tgt = pair.tgt().await;
+    let (_, stop_tx, server) = start_daemon(&pair, "").await;
+    wait_caught_up(&src, &tgt, LIMIT).await;
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+
+    // While the daemon is away: 600 transactions of 100 new rows each, then updates of
+    // them; transaction 450 holds the one row the target will refuse, and just before it
+    // one that takes the target half a second (through a target-only index), so that the
+    // batches after it are sent beside it before the refusal is known.
+    tgt.batch_execute(
+        "ALTER TABLE wide ADD CONSTRAINT v_ok CHECK (v <> -1);
+         CREATE FUNCTION public.slow(v int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$
+         BEGIN
+           IF v = -2 THEN PERFORM pg_catalog.pg_sleep(0.5); END IF;
+           RETURN v;
+         END $$;
+         CREATE INDEX wide_slow ON wide (public.slow(v));",
+    )
+    .await
+    .unwrap();
+    src.batch_execute(
+        "DO $$ BEGIN
+           FOR i IN 0..599 LOOP
+             INSERT INTO wide SELECT g, CASE g WHEN 45049 THEN -2 WHEN 45050 THEN -1 ELSE 1 END
+               FROM generate_series(i * 100, i * 100 + 99) g;
+             COMMIT;
+           END LOOP;
+           FOR i IN 0..199 LOOP
+             UPDATE wide SET v = v + 1 WHERE id >= i * 100 AND id < i * 100 + 100 AND v > 0;
+             COMMIT;
+           END LOOP;
+         END $$",
+    )
+    .await
+    .unwrap();
+    let (addr, stop_tx, server) = start_daemon(&pair, "").await;
+    let (error, _) = stopped_with(addr).await;
+    assert!(error.contains("v_ok"), "{error}");
+    let (_, status) = get(addr, "/status").await;
+    assert!(
+        status["cdc"]["batches_beside"].as_u64().unwrap() > 0,
+        "no batch ran beside another: {status}"
+    );
+    // Everything before the refused transaction's batch may be in; nothing from it on.
+    let newest = scalar(&tgt, "SELECT coalesce(max(id), -1)::bigint FROM wide").await;
+    assert!(
+        newest < 45000,
+        "rows of the refused transaction or later: {newest}"
+    );
+    assert_eq!(
+        scalar(&tgt, "SELECT count(*) FROM wide").await,
+        newest + 1,
+        "whole transactions, in order"
+    );
+    assert_eq!(
+        scalar(&tgt, "SELECT count(*) FROM wide WHERE v <> 1").await,
+        0,
+        "no update (they come after every insert) was committed"
+    );
+
+    tgt.batch_execute("ALTER TABLE wide DROP CONSTRAINT v_ok; DROP INDEX wide_slow")
+        .await
+        .unwrap();
+    resume(addr).await;
+    assert_same(&pair).await;
+    assert_eq!(
+        scalar(&tgt, "SELECT count(*) FROM wide WHERE v = -1").await,
+        1
+    );
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+/// The rule that keeps commits in source order with two sessions, on the applier itself: a
+/// batch sent beside one that is still running is committed only once that one committed.
+/// Here the first batch is slow and then refused, so the second must fail with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_beside_a_refused_one_is_never_committed() {
+    use pgcutover::cdc::decode::Value;
+    use pgcutover::cdc::relation::{ColInfo, RelInfo};
+    use pgcutover::pg::{Lsn, TableName};
+
+    let pair = Pair::start().await;
+    let tgt = pair.tgt().await;
+    pgcutover::load::progress::ensure_migration(&tgt, "m", "pgc_slot", "pgc_pub")
+        .await
+        .unwrap();
+    tgt.batch_execute(
+        "CREATE TABLE public.wide (id int PRIMARY KEY, v int NOT NULL CONSTRAINT v_ok CHECK (v <> -1));
+         CREATE FUNCTION public.slow(v int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$
+         BEGIN
+           IF v = -2 THEN PERFORM pg_catalog.pg_sleep(0.5); END IF;
+           RETURN v;
+         END $$;
+         CREATE INDEX wide_slow ON public.wide (public.slow(v));",
+    )
+    .await
+    .unwrap();
+    let mut applier =
+        pgcutover::cdc::apply::Applier::new(vec![pair.tgt().await, pair.tgt().await], "m")
+            .await
+            .unwrap();
+    let col = |name: &str, key: bool| ColInfo {
+        name: name.into(),
+        cast: "integer".into(),
+        key,
+        always_identity: false,
+    };
+    let rel = Arc::new(RelInfo {
+        relid: 1,
+        table: TableName::new("public", "wide"),
+        identity: b'd',
+        columns: vec![col("id", true), col("v", false)],
+        key: vec![0],
+        skip_before: Lsn(0),
+        extra_unique: false,
+        ordered: false,
+        generation: 1,
+    });
+    let row = |id: i32, v: i32| {
+        vec![
+            Value::Text(id.to_string().into()),
+            Value::Text(v.to_string().into()),
+        ]
+    };
+
+    applier.begin().await.unwrap();
+    applier.insert(&rel, row(1, -2)).await.unwrap();
+    applier.insert(&rel, row(2, -1)).await.unwrap();
+    applier.end_source_txn();
+    let done = applier.commit(Lsn(0x100)).await.unwrap();
+    assert!(done.is_empty(), "the first commit is not waited for");
+    applier.begin().await.unwrap();
+    applier.insert(&rel, row(3, 1)).await.unwrap();
+    applier.end_source_txn();
+    let err = applier
+        .commit(Lsn(0x200))
+        .await
+        .expect_err("the second batch committed although the first was refused");
+    assert!(err.to_string().contains("v_ok"), "{err}");
+    applier.rollback().await.unwrap();
+
+    assert_eq!(scalar(&tgt, "SELECT count(*) FROM public.wide").await, 0);
+    assert_eq!(
+        scalar(
+            &tgt,
+            "SELECT count(*) FROM pgcutover.migration WHERE applied_lsn IS NOT NULL"
+        )
+        .await,
+        0
+    );
 }

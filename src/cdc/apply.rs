@@ -1,10 +1,22 @@
 //! Applying decoded changes to the target, in source commit order.
 //!
-//! One target session, `session_replication_role = replica` (no user triggers, no foreign-key
+//! Target sessions with `session_replication_role = replica` (no user triggers, no foreign-key
 //! re-checks: the source already checked them). Many source transactions go into one target
-//! transaction, which commits only at a source commit boundary, together with the row that
-//! records the applied position ([`super::progress`]): a source transaction is applied entirely
-//! or not at all, and the recorded position is exact.
+//! transaction (a *batch*), which commits only at a source commit boundary, together with the
+//! row that records the applied position ([`super::progress`]): a source transaction is
+//! applied entirely or not at all, and the recorded position is exact.
+//!
+//! ## Batches side by side
+//!
+//! Each batch runs on one session (a [`Lane`]; `replication.apply_sessions`, default 2). A
+//! batch that writes none of the rows of the batch still committing goes to another session
+//! and runs beside it; one that does (or that touches a table rows cannot be told apart in:
+//! see [`Writeset`]) goes to the same session, behind it, and so never waits for a lock the
+//! other holds. Commits stay in source order: a batch's COMMIT is sent only after the one
+//! before it was answered. A source transaction is never split: it belongs to one batch.
+//! On a catch-up of independent transactions the target's work then spreads over two
+//! backends instead of one (the single-backend apply was the bottleneck: one core busy,
+//! the other half idle).
 //!
 //! ## Speed, with the source's result
 //!
@@ -51,7 +63,7 @@
 //! one row per change, through `ctid` of the first row that matches the old values, like
 //! PostgreSQL's own apply.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -62,7 +74,7 @@ use postgres_protocol::types::{ArrayDimension, array_to_sql};
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, Statement};
 
-use super::coalesce::{Buffer, Change, Key};
+use super::coalesce::{Buffer, Change, KeySet, Writeset, key_hash};
 use super::decode::{OldKind, Tuple, Value};
 use super::relation::RelInfo;
 use crate::pg::{Lsn, SqlError, error_text, quote_ident, quote_literal};
@@ -202,7 +214,7 @@ struct Run {
     columns: Vec<Vec<Option<Bytes>>>,
     rows: usize,
     /// Keys (old and new) touched by the run's updates.
-    keys: HashSet<Vec<Option<Bytes>>>,
+    keys: KeySet,
     limit: usize,
 }
 
@@ -253,6 +265,8 @@ pub struct Committed {
     pub transactions: u64,
     /// Updates and deletes that found no row on the target.
     pub missing_rows: u64,
+    /// Applied on a session of its own while the batch before it was still being applied.
+    pub beside: bool,
     /// The target's WAL position just after the commit: the batch is durable once the
     /// target has flushed this far.
     pub target_lsn: Lsn,
@@ -260,25 +274,21 @@ pub struct Committed {
     pub target_flushed: Lsn,
 }
 
-pub struct Applier {
+/// One target session: its prepared statements and the requests in flight on it.
+struct Lane {
     client: Arc<Client>,
-    migration_id: String,
     begin: Statement,
     commit: Statement,
     progress: Statement,
     /// `pg_current_wal_insert_lsn(), pg_current_wal_flush_lsn()`; `None` when the target does
     /// not offer them, and then commits are synchronous.
     wal_positions: Option<Statement>,
-    in_txn: bool,
-    /// Changes of the open batch not sent yet (grouped per table, merged).
-    buffer: Buffer,
-    run: Option<Run>,
     inflight: VecDeque<InFlight>,
-    /// Commits sent and not answered yet (at most one: see [`Applier::commit`])…
-    commits_in_flight: usize,
-    /// …and those answered since the caller last heard of them.
-    done: Vec<Committed>,
-    /// Rows not found by statements answered since the last answered commit.
+    /// A transaction is open on this session (BEGIN sent, its COMMIT not answered).
+    open: bool,
+    /// Commits sent on this session and not answered yet.
+    commits: usize,
+    /// Rows not found by statements answered since this session's last answered commit.
     missing: u64,
     /// Server-side prepared statements for single-row changes (run by name in scripts)…
     named: HashMap<StmtKey, String>,
@@ -289,12 +299,11 @@ pub struct Applier {
     /// The script being built, and one expectation per statement in it.
     script: String,
     script_expect: Vec<Expect>,
-    batch: Committed,
 }
 
-impl Applier {
-    /// Prepare the session. The client must come from [`crate::pg::conn::ConnInfo::connect`].
-    pub async fn new(client: Client, migration_id: &str) -> Result<Applier, SqlError> {
+impl Lane {
+    /// Prepare a session. The client must come from [`crate::pg::conn::ConnInfo::connect`].
+    async fn open(client: Client) -> Result<Lane, SqlError> {
         let ctx = |what: &'static str| {
             move |source| SqlError {
                 context: what.into(),
@@ -356,25 +365,66 @@ impl Applier {
                 None
             }
         };
-        Ok(Applier {
+        Ok(Lane {
             client: Arc::new(client),
-            migration_id: migration_id.to_string(),
             begin,
             commit,
             progress,
             wal_positions,
-            in_txn: false,
-            buffer: Buffer::default(),
-            run: None,
             inflight: VecDeque::new(),
-            commits_in_flight: 0,
-            done: Vec::new(),
+            open: false,
+            commits: 0,
             missing: 0,
             named: HashMap::new(),
             extended: HashMap::new(),
             prepared: 0,
             script: String::new(),
             script_expect: Vec::new(),
+        })
+    }
+}
+
+pub struct Applier {
+    lanes: Vec<Lane>,
+    migration_id: String,
+    /// A batch is open (a source transaction of it has begun)…
+    in_txn: bool,
+    /// …on this session, once its BEGIN is sent.
+    lane: Option<usize>,
+    /// The session of the last batch whose commit was sent.
+    last_lane: usize,
+    /// Changes of the open batch not sent yet (grouped per table, merged).
+    buffer: Buffer,
+    run: Option<Run>,
+    /// Rows the open batch wrote so far, and those of the last batch whose commit was sent
+    /// (which matter while that commit is unanswered).
+    writes: Writeset,
+    last_writes: Writeset,
+    /// Batches whose commit was answered since the caller last heard of them.
+    done: Vec<Committed>,
+    batch: Committed,
+}
+
+impl Applier {
+    /// Prepare the sessions (one or more). The clients must come from
+    /// [`crate::pg::conn::ConnInfo::connect`].
+    pub async fn new(clients: Vec<Client>, migration_id: &str) -> Result<Applier, SqlError> {
+        let mut lanes = Vec::with_capacity(clients.len());
+        for c in clients {
+            lanes.push(Lane::open(c).await?);
+        }
+        assert!(!lanes.is_empty(), "the apply needs a target session");
+        Ok(Applier {
+            lanes,
+            migration_id: migration_id.to_string(),
+            in_txn: false,
+            lane: None,
+            last_lane: 0,
+            buffer: Buffer::default(),
+            run: None,
+            writes: Writeset::default(),
+            last_writes: Writeset::default(),
+            done: Vec::new(),
             batch: Committed::default(),
         })
     }
@@ -382,7 +432,7 @@ impl Applier {
     /// The target session, for catalog reads between changes (they queue behind the
     /// statements in flight, which is what their order requires).
     pub fn client(&self) -> &Client {
-        &self.client
+        &self.lanes[0].client
     }
 
     pub fn batch(&self) -> Committed {
@@ -393,12 +443,10 @@ impl Applier {
         self.in_txn
     }
 
-    /// A source transaction starts: open the target transaction if none is open.
+    /// A source transaction starts: open a batch if none is open (its target transaction
+    /// begins when its first statements are sent, on the session they go to).
     pub async fn begin(&mut self) -> Result<(), ApplyError> {
         if !self.in_txn {
-            let stmt = self.begin.clone();
-            self.send(move |c| async move { c.execute(&stmt, &[]).await }, None)
-                .await?;
             self.in_txn = true;
             self.batch = Committed::default();
         }
@@ -531,6 +579,9 @@ impl Applier {
             return Ok(());
         }
         self.flush_buffer().await?;
+        // A TRUNCATE locks whole tables: never beside another batch.
+        self.enter_lane(&Writeset::everything()).await?;
+        self.writes.extend(Writeset::everything());
         let list: Vec<String> = rels.iter().map(|r| r.table.to_string()).collect();
         let sql = format!(
             "TRUNCATE ONLY {}{}{}",
@@ -572,11 +623,15 @@ impl Applier {
             return Ok(std::mem::take(&mut self.done));
         }
         self.flush_buffer().await?;
-        self.flush_script().await?;
-        while self.commits_in_flight > 0 {
-            self.settle_one().await?;
-        }
-        let (progress, commit) = (self.progress.clone(), self.commit.clone());
+        // A batch without statements still records its position.
+        self.enter_lane(&Writeset::default()).await?;
+        let lane = self.current();
+        self.flush_script(lane).await?;
+        self.settle_last_commit().await?;
+        let (progress, commit) = (
+            self.lanes[lane].progress.clone(),
+            self.lanes[lane].commit.clone(),
+        );
         let (lsn, id) = (applied.to_string(), self.migration_id.clone());
         self.send(
             move |c| async move { c.execute(&progress, &[&lsn, &id]).await },
@@ -585,32 +640,36 @@ impl Applier {
         .await?;
         let mut totals = std::mem::take(&mut self.batch);
         totals.source_end = applied;
-        self.in_txn = false;
-        self.commits_in_flight += 1;
-        let positions = self.wal_positions.clone();
+        let positions = self.lanes[lane].wal_positions.clone();
         let ends = EndsCommit {
             totals,
             answers_positions: positions.is_some(),
         };
         let commit_sql = move |c: Arc<Client>| async move { c.execute(&commit, &[]).await };
-        let Some(positions) = positions else {
-            self.send_ending(commit_sql, None, Some(ends)).await?;
-            return Ok(std::mem::take(&mut self.done));
-        };
-        self.send(commit_sql, None).await?;
-        // Read right after the COMMIT on the same session: at or past its record.
-        let c = self.client.clone();
-        let fut: Pending = Box::pin(async move {
-            let row = c.query_one(&positions, &[]).await.map_err(|e| (0, e))?;
-            let lsn = |i: usize| {
-                row.get::<_, String>(i)
-                    .parse::<Lsn>()
-                    .unwrap_or(Lsn::ZERO)
-                    .0
-            };
-            Ok(vec![lsn(0), lsn(1)])
-        });
-        self.push(fut, vec![None, None], Some(ends)).await?;
+        self.lanes[lane].commits += 1;
+        match positions {
+            None => self.send_ending(commit_sql, None, Some(ends)).await?,
+            Some(positions) => {
+                self.send(commit_sql, None).await?;
+                // Read right after the COMMIT on the same session: at or past its record.
+                let c = self.lanes[lane].client.clone();
+                let fut: Pending = Box::pin(async move {
+                    let row = c.query_one(&positions, &[]).await.map_err(|e| (0, e))?;
+                    let lsn = |i: usize| {
+                        row.get::<_, String>(i)
+                            .parse::<Lsn>()
+                            .unwrap_or(Lsn::ZERO)
+                            .0
+                    };
+                    Ok(vec![lsn(0), lsn(1)])
+                });
+                self.push(lane, fut, vec![None, None], Some(ends)).await?;
+            }
+        }
+        self.in_txn = false;
+        self.lane = None;
+        self.last_lane = lane;
+        self.last_writes = std::mem::take(&mut self.writes);
         Ok(std::mem::take(&mut self.done))
     }
 
@@ -623,16 +682,60 @@ impl Applier {
 
     /// A commit was sent and its answer not read yet.
     pub fn commit_pending(&self) -> bool {
-        self.commits_in_flight > 0
+        self.lanes.iter().any(|l| l.commits > 0)
+    }
+
+    /// The session of the open batch (its BEGIN is sent).
+    fn current(&self) -> usize {
+        self.lane
+            .expect("statements are sent only once their batch has a session")
+    }
+
+    /// Make sure the open batch has a session, and that `part` (its changes about to be sent)
+    /// cannot wait there for a row of the batch still committing: a batch that writes none
+    /// of that batch's rows goes to another session and runs beside it; one that does goes to
+    /// the same session, behind it. A later part of a batch already beside the committing one
+    /// that touches its rows waits for that commit first.
+    async fn enter_lane(&mut self, part: &Writeset) -> Result<(), ApplyError> {
+        let committing = self.lanes[self.last_lane].commits > 0;
+        let conflict = committing && part.conflicts(&self.last_writes);
+        match self.lane {
+            None => {
+                let lane = if committing && !conflict && self.lanes.len() > 1 {
+                    self.batch.beside = true;
+                    (self.last_lane + 1) % self.lanes.len()
+                } else {
+                    self.last_lane
+                };
+                self.lane = Some(lane);
+                self.lanes[lane].open = true;
+                let stmt = self.lanes[lane].begin.clone();
+                self.send(move |c| async move { c.execute(&stmt, &[]).await }, None)
+                    .await
+            }
+            Some(lane) if conflict && lane != self.last_lane => self.settle_last_commit().await,
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Wait for the answer to the last commit sent (an error in its batch comes out here).
+    async fn settle_last_commit(&mut self) -> Result<(), ApplyError> {
+        let lane = self.last_lane;
+        self.flush_script(lane).await?;
+        while self.lanes[lane].commits > 0 {
+            self.settle_one(lane).await?;
+        }
+        Ok(())
     }
 
     /// The target's current WAL insert and flush positions (`None` when commits are
     /// synchronous, so everything committed is already durable).
     pub async fn wal_positions(&mut self) -> Result<Option<(Lsn, Lsn)>, SqlError> {
-        let Some(stmt) = &self.wal_positions else {
+        let lane = &self.lanes[self.last_lane];
+        let Some(stmt) = &lane.wal_positions else {
             return Ok(None);
         };
-        let row = self
+        let row = lane
             .client
             .query_one(stmt, &[])
             .await
@@ -644,29 +747,35 @@ impl Applier {
         Ok(Some((lsn(0), lsn(1))))
     }
 
-    /// Give up the open target transaction (nothing of it is applied).
+    /// Give up the open target transaction (nothing of it is applied), and the one whose
+    /// commit is unanswered (if it did commit, the recorded position says so).
     pub async fn rollback(&mut self) -> Result<(), SqlError> {
-        self.inflight.clear();
-        self.commits_in_flight = 0;
         self.done.clear();
-        self.missing = 0;
         self.buffer.clear();
         self.run = None;
-        self.script.clear();
-        self.script_expect.clear();
-        // A PREPARE may have been skipped by the failed script: prepare afresh under new
-        // names (tokio-postgres's own statements must survive, so no DEALLOCATE ALL; the
-        // few left behind go with the session).
-        self.named.clear();
-        if self.in_txn {
-            self.in_txn = false;
-            self.client
-                .batch_execute("ROLLBACK")
-                .await
-                .map_err(|source| SqlError {
-                    context: "rolling back the target transaction".into(),
-                    source,
-                })?;
+        self.writes = Writeset::default();
+        self.last_writes = Writeset::default();
+        self.in_txn = false;
+        self.lane = None;
+        for lane in &mut self.lanes {
+            lane.inflight.clear();
+            lane.commits = 0;
+            lane.missing = 0;
+            lane.script.clear();
+            lane.script_expect.clear();
+            // A PREPARE may have been skipped by the failed script: prepare afresh under new
+            // names (tokio-postgres's own statements must survive, so no DEALLOCATE ALL; the
+            // few left behind go with the session).
+            lane.named.clear();
+            if std::mem::take(&mut lane.open) {
+                lane.client
+                    .batch_execute("ROLLBACK")
+                    .await
+                    .map_err(|source| SqlError {
+                        context: "rolling back the target transaction".into(),
+                        source,
+                    })?;
+            }
         }
         Ok(())
     }
@@ -688,11 +797,25 @@ impl Applier {
         Ok(())
     }
 
-    /// Send what the buffer holds, as runs and scripts.
+    /// Send what the buffer holds, as runs and scripts, on the batch's session.
     async fn flush_buffer(&mut self) -> Result<(), ApplyError> {
-        for (rel, change) in self.buffer.take() {
-            let (kind, values, touched) = statement_of(change);
-            self.add(&rel, kind, values, &touched).await?;
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let tables = self.buffer.take();
+        let mut part = Writeset::default();
+        for (rel, changes) in &tables {
+            for change in changes {
+                part.add(rel, change);
+            }
+        }
+        self.enter_lane(&part).await?;
+        self.writes.extend(part);
+        for (rel, changes) in tables {
+            for change in changes {
+                let (kind, values, touched) = statement_of(&rel, change);
+                self.add(&rel, kind, values, touched).await?;
+            }
         }
         self.flush_run().await
     }
@@ -703,14 +826,14 @@ impl Applier {
         rel: &Arc<RelInfo>,
         kind: Kind,
         values: Vec<Option<Bytes>>,
-        touched: &[Key],
+        touched: Touched,
     ) -> Result<(), ApplyError> {
         let fits = self.run.as_ref().is_some_and(|r| {
             r.rel.relid == rel.relid
                 && r.rel.generation == rel.generation
                 && r.kind == kind
                 && r.rows < r.limit
-                && touched.iter().all(|k| !r.keys.contains(k))
+                && touched.iter().flatten().all(|k| !r.keys.contains(k))
         });
         if !fits {
             self.flush_run().await?;
@@ -724,7 +847,7 @@ impl Applier {
                 kind,
                 columns: vec![Vec::new(); values.len()],
                 rows: 0,
-                keys: HashSet::new(),
+                keys: KeySet::default(),
                 limit,
             });
         }
@@ -733,7 +856,7 @@ impl Applier {
             col.push(v);
         }
         run.rows += 1;
-        run.keys.extend(touched.iter().cloned());
+        run.keys.extend(touched.iter().flatten());
         if run.rows >= run.limit {
             self.flush_run().await?;
         }
@@ -753,19 +876,21 @@ impl Applier {
             kind: run.kind.clone(),
             multi: false,
         };
-        let name = match self.named.get(&key) {
+        let lane_index = self.current();
+        let lane = &mut self.lanes[lane_index];
+        let name = match lane.named.get(&key) {
             Some(n) => n.clone(),
             None => {
-                self.prepared += 1;
-                let name = format!("pgc_{}", self.prepared);
+                lane.prepared += 1;
+                let name = format!("pgc_{}", lane.prepared);
                 let types = vec!["text"; run.columns.len()].join(", ");
                 let sql = statement_sql(&run.rel, &run.kind, false);
-                self.script
+                lane.script
                     .push_str(&format!("PREPARE {name} ({types}) AS {sql};\n"));
                 // Answered by a CommandComplete too; an error there names the table.
-                self.script_expect
+                lane.script_expect
                     .push(Some((0, Subject::Table(run.rel.clone()))));
-                self.named.insert(key, name.clone());
+                lane.named.insert(key, name.clone());
                 name
             }
         };
@@ -773,16 +898,16 @@ impl Applier {
         for mut c in run.columns {
             args.push(literal(&run.rel, &c.pop().flatten())?);
         }
-        self.script
+        lane.script
             .push_str(&format!("EXECUTE {name}({});\n", args.join(", ")));
         let want = match run.kind {
             Kind::Insert => 0,
             _ => 1,
         };
-        self.script_expect
+        lane.script_expect
             .push(Some((want, Subject::Table(run.rel.clone()))));
-        if self.script_expect.len() >= SCRIPT_STATEMENTS || self.script.len() >= SCRIPT_BYTES {
-            self.flush_script().await?;
+        if lane.script_expect.len() >= SCRIPT_STATEMENTS || lane.script.len() >= SCRIPT_BYTES {
+            self.flush_script(lane_index).await?;
         }
         Ok(())
     }
@@ -796,14 +921,15 @@ impl Applier {
             kind: run.kind.clone(),
             multi: true,
         };
-        let stmt = match self.extended.get(&key) {
+        let lane = self.current();
+        let stmt = match self.lanes[lane].extended.get(&key) {
             Some(s) => s.clone(),
             None => {
-                self.flush_script().await?;
+                self.flush_script(lane).await?;
                 let sql = statement_sql(&run.rel, &run.kind, true);
-                match self.client.prepare(&sql).await {
+                match self.lanes[lane].client.prepare(&sql).await {
                     Ok(s) => {
-                        self.extended.insert(key, s.clone());
+                        self.lanes[lane].extended.insert(key, s.clone());
                         s
                     }
                     Err(e) => return Err(self.first_error(&run.rel, e).await),
@@ -840,14 +966,15 @@ impl Applier {
         }
     }
 
-    /// Send the script built so far as one simple-query message.
-    async fn flush_script(&mut self) -> Result<(), ApplyError> {
-        if self.script_expect.is_empty() {
+    /// Send the script built so far on a session as one simple-query message.
+    async fn flush_script(&mut self, lane: usize) -> Result<(), ApplyError> {
+        let l = &mut self.lanes[lane];
+        if l.script_expect.is_empty() {
             return Ok(());
         }
-        let script = std::mem::take(&mut self.script);
-        let expect = std::mem::take(&mut self.script_expect);
-        let c = self.client.clone();
+        let script = std::mem::take(&mut l.script);
+        let expect = std::mem::take(&mut l.script_expect);
+        let c = l.client.clone();
         let fut: Pending = Box::pin(async move {
             use futures_util::TryStreamExt;
             let mut counts = Vec::new();
@@ -864,11 +991,11 @@ impl Applier {
                 }
             }
         });
-        self.push(fut, expect, None).await
+        self.push(lane, fut, expect, None).await
     }
 
-    /// Send one statement now, after the script built so far (see the module docs on
-    /// ordering), and queue its answer.
+    /// Send one statement now on the open batch's session, after the script built so far
+    /// (see the module docs on ordering), and queue its answer.
     async fn send<F, Fut>(&mut self, make: F, expect: Expect) -> Result<(), ApplyError>
     where
         F: FnOnce(Arc<Client>) -> Fut,
@@ -888,9 +1015,11 @@ impl Applier {
         F: FnOnce(Arc<Client>) -> Fut,
         Fut: Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'static,
     {
-        self.flush_script().await?;
-        let fut = make(self.client.clone());
+        let lane = self.current();
+        self.flush_script(lane).await?;
+        let fut = make(self.lanes[lane].client.clone());
         self.push(
+            lane,
             Box::pin(async move { fut.await.map(|n| vec![n]).map_err(|e| (0, e)) }),
             vec![expect],
             ends_commit,
@@ -901,6 +1030,7 @@ impl Applier {
     /// Poll a request once (which writes it to the connection) and queue its answer.
     async fn push(
         &mut self,
+        lane: usize,
         mut fut: Pending,
         expect: Vec<Expect>,
         ends_commit: Option<EndsCommit>,
@@ -913,28 +1043,31 @@ impl Applier {
             Poll::Ready(result) => Box::pin(std::future::ready(result)),
             Poll::Pending => fut,
         };
-        self.inflight.push_back(InFlight {
+        self.lanes[lane].inflight.push_back(InFlight {
             fut,
             expect,
             ends_commit,
         });
-        while self.inflight.len() > MAX_INFLIGHT {
-            self.settle_one().await?;
+        while self.lanes[lane].inflight.len() > MAX_INFLIGHT {
+            self.settle_one(lane).await?;
         }
         Ok(())
     }
 
-    async fn settle_one(&mut self) -> Result<(), ApplyError> {
-        let Some(f) = self.inflight.pop_front() else {
+    /// Read the answer to the oldest request in flight on a session.
+    async fn settle_one(&mut self, lane: usize) -> Result<(), ApplyError> {
+        let Some(f) = self.lanes[lane].inflight.pop_front() else {
             return Ok(());
         };
-        match f.fut.await {
+        let answer = f.fut.await;
+        let l = &mut self.lanes[lane];
+        match answer {
             Ok(counts) => {
                 for (n, expect) in counts.iter().zip(&f.expect) {
                     if let Some((want, subject)) = expect
                         && n < want
                     {
-                        self.missing += want - n;
+                        l.missing += want - n;
                         tracing::warn!(table = %subject.name(), missing = want - n,
                             "rows to update or delete were not found on the target");
                     }
@@ -948,8 +1081,10 @@ impl Applier {
                         totals.target_lsn = Lsn(insert);
                         totals.target_flushed = Lsn(flushed);
                     }
-                    totals.missing_rows = std::mem::take(&mut self.missing);
-                    self.commits_in_flight -= 1;
+                    totals.missing_rows = std::mem::take(&mut l.missing);
+                    l.commits -= 1;
+                    // The next batch may have begun behind it on this session.
+                    l.open = self.lane == Some(lane);
                     self.done.push(totals);
                 }
                 Ok(())
@@ -961,7 +1096,7 @@ impl Applier {
                     .and_then(|x| x.as_ref())
                     .map(|(_, subject)| subject.name())
                     .unwrap_or_else(|| "the target".into());
-                self.inflight.clear();
+                l.inflight.clear();
                 Err(ApplyError::Statement {
                     table,
                     message: error_text(&e),
@@ -971,49 +1106,57 @@ impl Applier {
         }
     }
 
+    /// Read every answer, the session of the last commit sent first (its batch is the
+    /// older one, so its error is the one to report).
     async fn drain(&mut self) -> Result<(), ApplyError> {
-        self.flush_script().await?;
-        while !self.inflight.is_empty() {
-            self.settle_one().await?;
+        let n = self.lanes.len();
+        for i in 0..n {
+            let lane = (self.last_lane + i) % n;
+            self.flush_script(lane).await?;
+            while !self.lanes[lane].inflight.is_empty() {
+                self.settle_one(lane).await?;
+            }
         }
         Ok(())
     }
 }
 
+/// The [`key_hash`]es of the keys an update touches (a run must not touch a key twice).
+type Touched = [Option<u64>; 2];
+
 /// A buffered change as one statement's kind and parameters (SET or inserted values, then
-/// the key or old values), and the keys it touches (for updates: a run must not touch a key
-/// twice).
-fn statement_of(change: Change) -> (Kind, Vec<Option<Bytes>>, Vec<Key>) {
+/// the key or old values), and the keys it touches.
+fn statement_of(rel: &RelInfo, change: Change) -> (Kind, Vec<Option<Bytes>>, Touched) {
     match change {
-        Change::Insert(row) => (Kind::Insert, row, Vec::new()),
+        Change::Insert(row) => (Kind::Insert, row, [None; 2]),
         Change::Update {
             set,
             row,
             old_key,
             new_key,
         } => {
-            let mut values: Vec<Option<Bytes>> = row
-                .into_iter()
-                .zip(&set)
-                .filter_map(|(v, &s)| s.then_some(v))
-                .collect();
-            let touched = match old_key {
+            let new_hash = key_hash(rel.relid, new_key.iter());
+            let (where_key, old_hash) = match old_key {
                 Some(old) => {
-                    values.extend(old.iter().cloned());
-                    vec![old, new_key]
+                    let h = key_hash(rel.relid, old.iter());
+                    (old, Some(h))
                 }
-                None => {
-                    values.extend(new_key.iter().cloned());
-                    vec![new_key]
-                }
+                None => (new_key, None),
             };
-            (Kind::Update { set }, values, touched)
+            let mut values = Vec::with_capacity(row.len() + where_key.len());
+            values.extend(
+                row.into_iter()
+                    .zip(&set)
+                    .filter_map(|(v, &s)| s.then_some(v)),
+            );
+            values.extend(where_key);
+            (Kind::Update { set }, values, [Some(new_hash), old_hash])
         }
-        Change::Delete(key) => (Kind::Delete, key, Vec::new()),
+        Change::Delete(key) => (Kind::Delete, key, [None; 2]),
         Change::FullUpdate { old, set, values } => {
-            (Kind::FullUpdate { old, set }, values, Vec::new())
+            (Kind::FullUpdate { old, set }, values, [None; 2])
         }
-        Change::FullDelete { old, values } => (Kind::FullDelete { old }, values, Vec::new()),
+        Change::FullDelete { old, values } => (Kind::FullDelete { old }, values, [None; 2]),
     }
 }
 

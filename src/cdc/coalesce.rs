@@ -29,8 +29,9 @@
 //! The buffer is bounded ([`Buffer::full`]): a large source transaction is sent in parts as
 //! it arrives, each part still grouped and merged.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
+use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
 
@@ -38,6 +39,27 @@ use super::relation::RelInfo;
 
 /// A row's identity key values, in key-column order.
 pub type Key = Vec<Option<Bytes>>;
+
+/// The hasher for keys: fast (the daemon hashes every key of every change a few times),
+/// and seeded at random per process, so that keys chosen to collide cannot be built ahead.
+type KeyHasher = foldhash::fast::RandomState;
+
+/// A key's hash, the same for every caller in the process. Maps and sets of the apply hold
+/// these rather than the keys (no copies): where two keys share a hash, the worst outcome is
+/// a merge not made or a run ended early.
+pub fn key_hash<'a>(relid: u32, key: impl ExactSizeIterator<Item = &'a Option<Bytes>>) -> u64 {
+    static SEED: LazyLock<KeyHasher> = LazyLock::new(KeyHasher::default);
+    let mut h = SEED.build_hasher();
+    relid.hash(&mut h);
+    key.len().hash(&mut h);
+    for v in key {
+        v.hash(&mut h);
+    }
+    h.finish()
+}
+
+/// A set of [`key_hash`]es.
+pub type KeySet = HashSet<u64, BuildHasherDefault<Prehashed>>;
 
 /// Buffered changes before the buffer is sent…
 pub const MAX_CHANGES: usize = 50_000;
@@ -103,8 +125,9 @@ impl Change {
 struct TableBuf {
     rel: Arc<RelInfo>,
     entries: Vec<Change>,
-    /// Rows whose latest entry is an insert or a plain update, by key → that entry.
-    latest: HashMap<Key, usize>,
+    /// Rows whose latest entry is an insert or a plain update, by [`key_hash`] → that entry
+    /// (which is checked to have the key: hashes may collide).
+    latest: HashMap<u64, usize, BuildHasherDefault<Prehashed>>,
     mergeable: bool,
 }
 
@@ -116,43 +139,51 @@ impl TableBuf {
             self.entries.push(change);
             return n;
         }
+        let relid = self.rel.relid;
         match &change {
             Change::Update {
                 set, row, new_key, ..
             } if change.keeps_key() => {
-                if let Some(&i) = self.latest.get(new_key) {
+                let h = key_hash(relid, new_key.iter());
+                if let Some(&i) = self.latest.get(&h) {
+                    let key_cols = &self.rel.key;
                     match &mut self.entries[i] {
-                        Change::Insert(into) => {
+                        Change::Insert(into)
+                            if key_cols.iter().map(|&c| &into[c]).eq(new_key.iter()) =>
+                        {
                             overwrite(into, None, set, row);
                             return 0;
                         }
                         Change::Update {
                             set: into_set,
                             row: into,
+                            new_key: into_key,
                             ..
-                        } => {
+                        } if into_key == new_key => {
                             overwrite(into, Some(into_set), set, row);
                             return 0;
                         }
                         _ => {}
                     }
                 }
-                self.latest.insert(new_key.clone(), self.entries.len());
+                self.latest.insert(h, self.entries.len());
             }
+            // Whatever entry a removed hash pointed to, it can no longer be merged into:
+            // safe even when that was another key's.
             Change::Update {
                 old_key, new_key, ..
             } => {
                 if let Some(old) = old_key {
-                    self.latest.remove(old);
+                    self.latest.remove(&key_hash(relid, old.iter()));
                 }
-                self.latest.remove(new_key);
+                self.latest.remove(&key_hash(relid, new_key.iter()));
             }
             Change::Insert(row) => {
-                let key: Key = self.rel.key.iter().map(|&i| row[i].clone()).collect();
-                self.latest.insert(key, self.entries.len());
+                let h = key_hash(relid, self.rel.key.iter().map(|&i| &row[i]));
+                self.latest.insert(h, self.entries.len());
             }
             Change::Delete(key) => {
-                self.latest.remove(key);
+                self.latest.remove(&key_hash(relid, key.iter()));
             }
             Change::FullUpdate { .. } | Change::FullDelete { .. } => {}
         }
@@ -215,7 +246,7 @@ impl Buffer {
                 self.tables.push(TableBuf {
                     rel: rel.clone(),
                     entries: Vec::new(),
-                    latest: HashMap::new(),
+                    latest: HashMap::default(),
                     mergeable: !rel.full_identity()
                         && !rel.key.is_empty()
                         && !rel.extra_unique
@@ -235,16 +266,115 @@ impl Buffer {
 
     /// Everything buffered, table by table, each table's entries in order; the buffer is
     /// empty afterwards.
-    pub fn take(&mut self) -> impl Iterator<Item = (Arc<RelInfo>, Change)> + use<> {
+    pub fn take(&mut self) -> Vec<(Arc<RelInfo>, Vec<Change>)> {
         let tables = std::mem::take(&mut self.tables);
         *self = Buffer::default();
-        tables
-            .into_iter()
-            .flat_map(|t| t.entries.into_iter().map(move |c| (t.rel.clone(), c)))
+        tables.into_iter().map(|t| (t.rel, t.entries)).collect()
     }
 
     pub fn clear(&mut self) {
         *self = Buffer::default();
+    }
+}
+
+/// The rows a batch writes, to tell whether two batches may run at once on two target
+/// sessions: they may when neither can wait for a row lock or an index entry of the other.
+/// Rows are told apart by their table and identity key. A table whose rows cannot be judged
+/// that way (no key, REPLICA IDENTITY FULL, other unique or exclusion constraints, triggers
+/// that fire, a TRUNCATE) makes the batch conflict with every other.
+#[derive(Debug, Default)]
+pub struct Writeset {
+    /// [`key_hash`]es. A collision only makes two batches wait for each other.
+    keys: KeySet,
+    all: bool,
+}
+
+/// Most keys a writeset remembers; past that it stands for every row.
+const MAX_WRITESET: usize = 250_000;
+
+impl Writeset {
+    /// A writeset that conflicts with every other.
+    pub fn everything() -> Writeset {
+        Writeset {
+            keys: HashSet::default(),
+            all: true,
+        }
+    }
+
+    pub fn add(&mut self, rel: &RelInfo, change: &Change) {
+        if self.all {
+            return;
+        }
+        if rel.full_identity() || rel.key.is_empty() || rel.extra_unique || rel.ordered {
+            *self = Writeset::everything();
+            return;
+        }
+        match change {
+            Change::Insert(row) => {
+                self.insert(key_hash(rel.relid, rel.key.iter().map(|&i| &row[i])));
+            }
+            Change::Update {
+                old_key, new_key, ..
+            } => {
+                self.insert(key_hash(rel.relid, new_key.iter()));
+                if let Some(old) = old_key {
+                    self.insert(key_hash(rel.relid, old.iter()));
+                }
+            }
+            Change::Delete(key) => self.insert(key_hash(rel.relid, key.iter())),
+            Change::FullUpdate { .. } | Change::FullDelete { .. } => {
+                *self = Writeset::everything();
+            }
+        }
+    }
+
+    fn insert(&mut self, hash: u64) {
+        self.keys.insert(hash);
+        if self.keys.len() > MAX_WRITESET {
+            *self = Writeset::everything();
+        }
+    }
+
+    /// Add another writeset's rows.
+    pub fn extend(&mut self, other: Writeset) {
+        if other.all {
+            *self = Writeset::everything();
+        } else if !self.all {
+            self.keys.extend(other.keys);
+            if self.keys.len() > MAX_WRITESET {
+                *self = Writeset::everything();
+            }
+        }
+    }
+
+    pub fn conflicts(&self, other: &Writeset) -> bool {
+        if self.all || other.all {
+            return true;
+        }
+        let (small, big) = if self.keys.len() <= other.keys.len() {
+            (&self.keys, &other.keys)
+        } else {
+            (&other.keys, &self.keys)
+        };
+        small.iter().any(|k| big.contains(k))
+    }
+}
+
+/// A hasher for values that are hashes already.
+#[derive(Default)]
+pub struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 
@@ -288,7 +418,10 @@ mod tests {
     }
 
     fn all(buf: &mut Buffer) -> Vec<(u32, Change)> {
-        buf.take().map(|(r, c)| (r.relid, c)).collect()
+        buf.take()
+            .into_iter()
+            .flat_map(|(r, changes)| changes.into_iter().map(move |c| (r.relid, c)))
+            .collect()
     }
 
     #[test]
@@ -396,6 +529,51 @@ mod tests {
         buf.push(&trig, upd("1", Some("a"), None));
         assert!(!buf.must_flush_before(&trig));
         assert!(buf.must_flush_before(&plain));
+    }
+
+    #[test]
+    fn writesets_conflict_on_a_shared_row_or_on_tables_they_cannot_judge() {
+        let (a, b) = (rel(1, false, false), rel(2, false, false));
+        let set = |changes: &[(&Arc<RelInfo>, Change)]| {
+            let mut w = Writeset::default();
+            for (r, c) in changes {
+                w.add(r, c);
+            }
+            w
+        };
+        let one = set(&[
+            (&a, upd("1", Some("x"), None)),
+            (&b, upd("7", Some("x"), None)),
+        ]);
+        let other_rows = set(&[
+            (&a, upd("2", Some("x"), None)),
+            (&b, upd("1", Some("x"), None)),
+        ]);
+        assert!(!one.conflicts(&other_rows) && !other_rows.conflicts(&one));
+        // The same key in the same table, whatever the change.
+        for c in [
+            upd("1", None, Some("y")),
+            Change::Delete(vec![v("1")]),
+            Change::Insert(vec![v("1"), None, None]),
+            Change::Update {
+                set: vec![true, false, false],
+                row: vec![v("5"), None, None],
+                old_key: Some(vec![v("1")]),
+                new_key: vec![v("5")],
+            },
+        ] {
+            assert!(one.conflicts(&set(&[(&a, c)])));
+        }
+        // Tables judged by something other than their key conflict with everything.
+        for r in [rel(3, true, false), rel(3, false, true)] {
+            assert!(one.conflicts(&set(&[(&r, upd("99", Some("x"), None))])));
+        }
+        assert!(Writeset::everything().conflicts(&Writeset::default()));
+        let mut grown = Writeset::default();
+        grown.extend(other_rows);
+        assert!(!grown.conflicts(&one));
+        grown.extend(set(&[(&b, upd("7", None, None))]));
+        assert!(grown.conflicts(&one));
     }
 
     #[test]

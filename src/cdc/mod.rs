@@ -328,8 +328,11 @@ async fn session_inner(
         .iter()
         .map(|(t, l)| (t.clone(), l.snapshot_lsn))
         .collect();
-    let target = cfg.target.connect("pgcutover-apply").await?;
-    let mut applier = Applier::new(target, id).await?;
+    let mut targets = Vec::with_capacity(cfg.replication.apply_sessions);
+    for _ in 0..cfg.replication.apply_sessions {
+        targets.push(cfg.target.connect("pgcutover-apply").await?);
+    }
+    let mut applier = Applier::new(targets, id).await?;
     let recorded = progress::applied_lsn(applier.client(), id).await?;
     let start = recorded.unwrap_or(load.slot_lsn);
     let slot = cfg.replication.migration_id.slot_name();
@@ -568,12 +571,7 @@ fn answered(
     *applied = done.source_end;
     unflushed.push_back((done.target_lsn, done.source_end));
     confirm_flushed(stream, unflushed, done.target_flushed);
-    status.cdc_committed(
-        done.source_end,
-        done.changes,
-        done.transactions,
-        done.missing_rows,
-    );
+    status.cdc_committed(&done);
     let mut newest = None;
     while let Some(&(at, sent)) = heartbeats.front() {
         if at > done.source_end {
