@@ -366,6 +366,7 @@ async fn session_inner(
     let result: Result<Never, CdcError> = async {
         loop {
             let hold_due = pending_hold.as_ref().is_some_and(|h| received >= h.until);
+            let mut done = Vec::new();
             if txn.is_none()
                 && let Some(started) = batch_started
                 && (applier.batch().changes >= BATCH_CHANGES
@@ -373,38 +374,28 @@ async fn session_inner(
                     || hold_due
                     || (started.elapsed() >= BATCH_LINGER && !stream.has_ready()))
             {
-                let done = applier.commit(last_end).await?;
+                done = applier.commit(last_end).await?;
                 batch_started = None;
                 sent_end = last_end;
                 if let Some(sent) = heartbeat_waiting.take() {
                     heartbeats.push_back((last_end, sent));
                 }
-                for d in done {
-                    answered(
-                        d,
-                        &mut applied,
-                        &mut unflushed,
-                        &mut heartbeats,
-                        &stream,
-                        status,
-                    );
-                    *progressed = true;
-                }
             }
             // A commit still unanswered is waited for once nothing else is to be done (or a
             // hold is due); during a catch-up the next batch's commit waits for it.
             if applier.commit_pending() && txn.is_none() && (hold_due || !stream.has_ready()) {
-                for d in applier.settle().await? {
-                    answered(
-                        d,
-                        &mut applied,
-                        &mut unflushed,
-                        &mut heartbeats,
-                        &stream,
-                        status,
-                    );
-                    *progressed = true;
-                }
+                done.extend(applier.settle().await?);
+            }
+            for d in done {
+                answered(
+                    d,
+                    &mut applied,
+                    &mut unflushed,
+                    &mut heartbeats,
+                    &stream,
+                    status,
+                );
+                *progressed = true;
             }
             if hold_due
                 && txn.is_none()
