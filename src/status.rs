@@ -103,6 +103,20 @@ pub struct CdcView {
     pub lag_p99_seconds: Option<f64>,
     pub heartbeats_applied: u64,
     pub reconnects: u64,
+    /// Why the stream is down and being retried (absent while it runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<Interruption>,
+}
+
+/// A passing failure of the change stream, retried with backoff.
+#[derive(Clone, Debug, Serialize)]
+pub struct Interruption {
+    pub error: String,
+    pub hint: String,
+    /// Attempts so far, and the most before the stream stops for the operator.
+    pub retry: u32,
+    pub max_retries: u32,
+    pub next_retry_in_seconds: f64,
 }
 
 /// Heartbeats: when each was sent (unix µs), and measured latencies.
@@ -278,11 +292,15 @@ impl StatusBoard {
         let c = g.cdc.get_or_insert_with(CdcView::default);
         c.applied_lsn = c.applied_lsn.max(applied);
         c.processed_lsn = c.processed_lsn.max(applied);
+        c.interrupted = None;
     }
 
-    pub fn cdc_reconnected(&self) {
+    /// The stream broke for a passing reason and is retried.
+    pub fn cdc_interrupted(&self, why: Interruption) {
         let mut g = self.lock();
-        g.cdc.get_or_insert_with(CdcView::default).reconnects += 1;
+        let c = g.cdc.get_or_insert_with(CdcView::default);
+        c.reconnects += 1;
+        c.interrupted = Some(why);
     }
 
     /// A target transaction committed.

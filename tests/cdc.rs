@@ -946,3 +946,58 @@ async fn a_batch_beside_a_refused_one_is_never_committed() {
         0
     );
 }
+
+/// A second daemon started for a migration that one is already streaming cannot take the
+/// slot: it says so in `/status` (what, why, which attempt, when the next) while the first
+/// goes on, and takes over once the first stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_for_the_same_migration_says_the_slot_is_held_and_takes_over_later() {
+    let pair = Pair::start().await;
+    let src = pair.src().await;
+    src.batch_execute(
+        "CREATE TABLE marker (id serial PRIMARY KEY); CREATE TABLE t (id int PRIMARY KEY)",
+    )
+    .await
+    .unwrap();
+    let tgt = pair.tgt().await;
+    let (_, stop_first, first) = start_daemon(&pair, "").await;
+    wait_caught_up(&src, &tgt, LIMIT).await;
+
+    let (addr, stop_second, second) = start_daemon(&pair, "").await;
+    wait_for(
+        LIMIT,
+        "the second daemon to report the held slot",
+        || async { get(addr, "/status").await.1["cdc"]["interrupted"].is_object() },
+    )
+    .await;
+    let (_, status) = get(addr, "/status").await;
+    let why = &status["cdc"]["interrupted"];
+    assert!(
+        why["error"].as_str().unwrap().contains("is active for PID"),
+        "{status}"
+    );
+    assert!(
+        why["hint"].as_str().unwrap().contains("another session"),
+        "{status}"
+    );
+    assert!(why["retry"].as_u64().unwrap() >= 1, "{status}");
+    assert!(
+        why["next_retry_in_seconds"].as_f64().unwrap() > 0.0,
+        "{status}"
+    );
+    // The first one still applies.
+    src.batch_execute("INSERT INTO t VALUES (1)").await.unwrap();
+    wait_caught_up(&src, &tgt, LIMIT).await;
+
+    stop_first.send(()).unwrap();
+    first.await.unwrap().unwrap();
+    src.batch_execute("INSERT INTO t VALUES (2)").await.unwrap();
+    wait_for(LIMIT, "the second daemon to stream", || async {
+        let s = get(addr, "/status").await.1;
+        s["stage"] == "cdc" && s["cdc"]["interrupted"].is_null()
+    })
+    .await;
+    assert_same(&pair).await;
+    stop_second.send(()).unwrap();
+    second.await.unwrap().unwrap();
+}

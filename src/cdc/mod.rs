@@ -118,6 +118,12 @@ impl CdcError {
 
     pub fn hint(&self) -> String {
         match self {
+            CdcError::Stream(e) if e.slot_in_use() => format!(
+                "another session is streaming from slot {} (a second pgcutover running for \
+                 this migration, or the walsender of this daemon's previous connection still \
+                 ending): pgcutover retries with backoff; stop the other daemon if there is one",
+                e.slot
+            ),
             CdcError::Stream(e) if !e.transient => "the slot, the publication or the \
                 replication role is gone or changed on the source; restore it, then POST \
                 /replication/resume"
@@ -269,7 +275,13 @@ pub async fn run(
             let wait = Duration::from_millis(500 * (1u64 << retries.min(6)));
             tracing::warn!(error = %report.error, retry = retries, wait_secs = wait.as_secs_f64(),
                 "change stream interrupted; reconnecting");
-            status.cdc_reconnected();
+            status.cdc_interrupted(crate::status::Interruption {
+                error: report.error.clone(),
+                hint: report.hint.clone(),
+                retry: retries,
+                max_retries: MAX_RETRIES,
+                next_retry_in_seconds: wait.as_secs_f64(),
+            });
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = control.resume.notified() => {}

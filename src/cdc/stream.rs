@@ -50,6 +50,14 @@ pub struct StreamError {
     pub transient: bool,
 }
 
+impl StreamError {
+    /// The slot is held by another session (SQLSTATE 55006, "replication slot … is active for
+    /// PID …").
+    pub fn slot_in_use(&self) -> bool {
+        self.message.contains("55006") || self.message.contains("is active for PID")
+    }
+}
+
 fn stream_error(slot: &str, e: pgwire_replication::PgWireError) -> StreamError {
     let message = e.to_string();
     // A slot or publication that is gone, or credentials that no longer work, will not come
