@@ -22,6 +22,17 @@ pub enum DaemonError {
     },
     #[error("the HTTP server stopped: {0}")]
     Serve(#[source] std::io::Error),
+    #[error("another pgcutover daemon{} is running for this migration with state directory {}", holder.map(|p| format!(" (PID {p})")).unwrap_or_default(), dir.display())]
+    Busy {
+        dir: std::path::PathBuf,
+        holder: Option<u32>,
+    },
+    #[error("cannot lock the state directory {}: {source}", dir.display())]
+    StateDir {
+        dir: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl DaemonError {
@@ -31,6 +42,12 @@ impl DaemonError {
                 "another process holds the port: stop it or change api.listen".into()
             }
             DaemonError::Serve(_) => "restart the daemon".into(),
+            DaemonError::Busy { .. } => "one daemon per migration: stop the other one (or use \
+                its HTTP API), or give this one another migration_id"
+                .into(),
+            DaemonError::StateDir { .. } => {
+                "check that state.dir exists and is writable by this user".into()
+            }
         }
     }
 }
@@ -40,10 +57,50 @@ pub struct Daemon {
     cfg: Config,
     listener: TcpListener,
     pub status: Arc<StatusBoard>,
+    /// Held for the daemon's life: one daemon per migration and state directory (two would
+    /// write the same files). The operating system lets go of it when the process ends,
+    /// however it ends.
+    _lock: std::fs::File,
+}
+
+/// Lock `<state dir>/<migration id>/daemon.lock` and write our PID into it.
+fn lock_state(cfg: &Config) -> Result<std::fs::File, DaemonError> {
+    use std::io::{Read, Seek, Write};
+    let dir = cfg.state_dir.join(cfg.replication.migration_id.as_str());
+    let failed = |source| DaemonError::StateDir {
+        dir: dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&dir).map_err(failed)?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join("daemon.lock"))
+        .map_err(failed)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            return Err(DaemonError::Busy {
+                dir: cfg.state_dir.clone(),
+                holder: pid.trim().parse().ok(),
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(failed(e)),
+    }
+    file.set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()))
+        .map_err(failed)?;
+    Ok(file)
 }
 
 impl Daemon {
     pub async fn bind(cfg: Config) -> Result<Daemon, DaemonError> {
+        let lock = lock_state(&cfg)?;
         let addr = cfg.api.listen;
         let listener = TcpListener::bind(addr)
             .await
@@ -57,6 +114,7 @@ impl Daemon {
             cfg,
             listener,
             status,
+            _lock: lock,
         })
     }
 
@@ -73,6 +131,7 @@ impl Daemon {
             cfg,
             listener,
             status,
+            _lock,
         } = self;
         tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
             migration = %cfg.replication.migration_id, "pgcutover daemon started");

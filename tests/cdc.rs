@@ -963,7 +963,11 @@ async fn a_second_daemon_for_the_same_migration_says_the_slot_is_held_and_takes_
     let (_, stop_first, first) = start_daemon(&pair, "").await;
     wait_caught_up(&src, &tgt, LIMIT).await;
 
-    let (addr, stop_second, second) = start_daemon(&pair, "").await;
+    // As from another host: a state directory of its own (one directory takes one daemon).
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut cfg = pair.config("");
+    cfg.state_dir = elsewhere.path().to_path_buf();
+    let (addr, stop_second, second) = start_daemon_with(cfg).await;
     wait_for(
         LIMIT,
         "the second daemon to report the held slot",

@@ -41,6 +41,45 @@ async fn serves_health_and_status_through_the_load() {
     server.await.unwrap().unwrap();
 }
 
+/// Two daemons on one state directory for one migration would write the same files: the
+/// second is refused at start, naming the first, and starts once the first has stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_daemon_on_the_same_state_directory_is_refused() {
+    let pair = Pair::start().await;
+    pair.src()
+        .await
+        .batch_execute("CREATE TABLE a (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let (_, stop_tx, server) = start_daemon(&pair, "").await;
+    let err = match pgcutover::daemon::Daemon::bind(pair.config("")).await {
+        Err(e) => e,
+        Ok(_) => panic!("a second daemon started on the same state directory"),
+    };
+    let text = err.to_string();
+    assert!(text.contains("another pgcutover daemon"), "{text}");
+    assert!(
+        text.contains(&format!("PID {}", std::process::id())),
+        "{text}"
+    );
+    assert!(err.hint().contains("one daemon per migration"));
+    // Another migration may share the directory.
+    let mut cfg = pair.config("");
+    cfg.replication.migration_id = pgcutover::config::MigrationId::parse("other").unwrap();
+    let other = pgcutover::daemon::Daemon::bind(cfg).await;
+    assert!(other.is_ok(), "{:?}", other.err().map(|e| e.to_string()));
+    drop(other);
+
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    assert!(
+        pgcutover::daemon::Daemon::bind(pair.config(""))
+            .await
+            .is_ok(),
+        "the lock outlived the daemon"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_load_is_reported_in_status_with_its_hint() {
     let pair = Pair::start().await;

@@ -243,8 +243,19 @@ pub async fn start_daemon(
     tokio::sync::oneshot::Sender<()>,
     Server,
 ) {
+    start_daemon_with(pair.config(replication_extra)).await
+}
+
+/// [`start_daemon`] with a configuration of one's own.
+pub async fn start_daemon_with(
+    cfg: Config,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    Server,
+) {
     init_logs();
-    let daemon = Daemon::bind(pair.config(replication_extra)).await.unwrap();
+    let daemon = Daemon::bind(cfg).await.unwrap();
     let addr = daemon.local_addr();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(daemon.run(async {
