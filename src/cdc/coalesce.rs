@@ -28,6 +28,9 @@
 //!
 //! The buffer is bounded ([`Buffer::full`]): a large source transaction is sent in parts as
 //! it arrives, each part still grouped and merged.
+//!
+//! [`Writeset`] (the rows a batch writes) lives here too: it decides whether two batches may
+//! run at once on two target sessions (see `super::apply`).
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
