@@ -802,7 +802,8 @@ async fn independent_batches_run_side_by_side_and_a_refusal_among_them_commits_n
     // While the daemon is away: 600 transactions of 100 new rows each, then updates of
     // them; transaction 450 holds the one row the target will refuse, and just before it
     // one that takes the target half a second (through a target-only index), so that the
-    // batches after it are sent beside it before the refusal is known.
+    // batches after it are sent beside it before the refusal is known. Transaction 20 has
+    // a slow row too: the batch after its batch runs beside it and commits.
     tgt.batch_execute(
         "ALTER TABLE wide ADD CONSTRAINT v_ok CHECK (v <> -1);
          CREATE FUNCTION public.slow(v int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$
@@ -817,7 +818,7 @@ async fn independent_batches_run_side_by_side_and_a_refusal_among_them_commits_n
     src.batch_execute(
         "DO $$ BEGIN
            FOR i IN 0..599 LOOP
-             INSERT INTO wide SELECT g, CASE g WHEN 45049 THEN -2 WHEN 45050 THEN -1 ELSE 1 END
+             INSERT INTO wide SELECT g, CASE g WHEN 2049 THEN -2 WHEN 45049 THEN -2 WHEN 45050 THEN -1 ELSE 1 END
                FROM generate_series(i * 100, i * 100 + 99) g;
              COMMIT;
            END LOOP;
@@ -849,7 +850,7 @@ async fn independent_batches_run_side_by_side_and_a_refusal_among_them_commits_n
         "whole transactions, in order"
     );
     assert_eq!(
-        scalar(&tgt, "SELECT count(*) FROM wide WHERE v <> 1").await,
+        scalar(&tgt, "SELECT count(*) FROM wide WHERE v > 1").await,
         0,
         "no update (they come after every insert) was committed"
     );
@@ -926,13 +927,26 @@ async fn a_batch_beside_a_refused_one_is_never_committed() {
     applier.end_source_txn();
     let done = applier.commit(Lsn(0x100)).await.unwrap();
     assert!(done.is_empty(), "the first commit is not waited for");
+    // The second batch runs beside the first; its COMMIT is held back (sealed) until the
+    // first's is answered, and the caller goes on.
     applier.begin().await.unwrap();
     applier.insert(&rel, row(3, 1)).await.unwrap();
     applier.end_source_txn();
+    let done = applier.commit(Lsn(0x200)).await.unwrap();
+    assert!(
+        done.is_empty(),
+        "the second commit is not waited for either"
+    );
+    assert!(applier.commit_pending());
+    // A third batch goes behind the first, beside the sealed second; its commit has to wait
+    // for the first's answer, which is the refusal.
+    applier.begin().await.unwrap();
+    applier.insert(&rel, row(4, 1)).await.unwrap();
+    applier.end_source_txn();
     let err = applier
-        .commit(Lsn(0x200))
+        .commit(Lsn(0x300))
         .await
-        .expect_err("the second batch committed although the first was refused");
+        .expect_err("a batch after the refused one committed");
     assert!(err.to_string().contains("v_ok"), "{err}");
     applier.rollback().await.unwrap();
 

@@ -16,9 +16,9 @@
 //! snapshot than the transaction's commit is already in the copy and is skipped too (see
 //! [`crate::load`]). Everything else is applied; the target transaction is committed at a
 //! source commit boundary when the batch is large, or old, or has lingered a little
-//! ([`BATCH_LINGER`]) and the stream has nothing more ready. The commit is not waited for
-//! while more transactions are ready (the next batch is gathered meanwhile); once it is
-//! answered, and the target has flushed it, the position is confirmed to the source.
+//! (`BATCH_LINGER`) and the stream has nothing more ready. The commit is not waited for:
+//! the next batch is gathered meanwhile, and its answer is read when it comes in; once it
+//! is answered, and the target has flushed it, the position is confirmed to the source.
 //!
 //! ## Batching
 //!
@@ -393,9 +393,12 @@ async fn session_inner(
                     heartbeats.push_back((last_end, sent));
                 }
             }
-            // A commit still unanswered is waited for once nothing else is to be done (or a
-            // hold is due); during a catch-up the next batch's commit waits for it.
-            if applier.commit_pending() && txn.is_none() && (hold_due || !stream.has_ready()) {
+            // Answers read as they come in (the select below wakes for them), so a sealed
+            // batch's COMMIT goes out at once; everything is waited for only before a hold.
+            if applier.commit_pending() {
+                done.extend(applier.collect().await?);
+            }
+            if applier.commit_pending() && txn.is_none() && hold_due {
                 done.extend(applier.settle().await?);
             }
             for d in done {
@@ -438,6 +441,8 @@ async fn session_inner(
                     let next = tokio::select! {
                         // All cancel-safe: the stream and `recv` read channels, `changed` a watch.
                         next = stream.next() => next?,
+                        // Cancel-safe too: an answer that came in stays for `collect`.
+                        _ = applier.answer() => continue,
                         _ = sleep_until_some(linger_until) => continue,
                         _ = new_tables.changed() => continue,
                         h = holds.recv() => {
