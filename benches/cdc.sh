@@ -111,11 +111,21 @@ ours_off() {
   wait_until 60 0.1 slot_inactive pgcutover_bench || die "pgcutover's walsender did not stop"
 }
 api_addr() { grep -o '"listen":"[^"]*"' "$BENCH_TMP/logs/pgcutover.log" | tail -1 | cut -d'"' -f4; }
-# every consumer on and caught up to a fresh marker, then the named ones (or none) left on
+# every consumer on and caught up to a fresh marker, then the named ones (or none) left on.
+# Before they stop, both slots' restart_lsn is moved past everything applied: it moves only
+# at a decoded running_xacts record (a checkpoint writes one) that the consumer confirmed,
+# and a consumer restarted with restart_lsn still before the previous backlog makes its
+# walsender decode that whole backlog again before the new one (about a second for 1M rows,
+# for either consumer), which is not the catch-up being measured.
+slots_restart_past() {   # slots_restart_past LSN
+  [ "$(srcq "SELECT bool_and(restart_lsn >= '$1') FROM pg_replication_slots WHERE slot_name IN ('bench_sub', 'pgcutover_bench')")" = t ]
+}
 only() {
-  local id
+  local id lsn
   native_on; ours_on
   id=$(put_marker); wait_marker_in "$DBNAME" "$id"; wait_marker_in "$OURDB" "$id"
+  lsn=$(srcq "SELECT pg_current_wal_lsn()"); src -c CHECKPOINT >/dev/null
+  wait_until 60 0.2 slots_restart_past "$lsn" || note "a slot's restart_lsn stayed before $lsn"
   [[ " $* " == *" native "* ]] || native_off
   [[ " $* " == *" pgcutover "* ]] || ours_off
 }
@@ -208,19 +218,37 @@ live() {   # live none|native|pgcutover ROUND
   fi
 }
 ORDERS=("none native pgcutover" "native pgcutover none" "pgcutover none native")
-for r in $(seq 1 "$REPS"); do
+# LIVE=0 skips this part (for a quicker look at the catch-up alone)
+[ "${LIVE:-1}" = 0 ] || for r in $(seq 1 "$REPS"); do
   for who in ${ORDERS[$(( (r - 1) % 3 ))]}; do live "$who" "$r"; done
 done
 
 # ---- 2. catch-up
-declare -A RATE_LIST
+declare -A RATE_LIST CPU_OF
+# CPU seconds a process has used since it started (the consumer's processes start with it)
+cpu_s() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; calc "$t/$(getconf CLK_TCK)" 2; }
 catchup() {   # catchup native|pgcutover WORKLOAD ROUND MARKER
-  local who="$1" w="$2" r="$3" id="$4" db="$DBNAME" t0 t1 rate changes
+  local who="$1" w="$2" r="$3" id="$4" db="$DBNAME" t0 t1 rate changes ws apply daemon=0
   [ "$who" = pgcutover ] && db="$OURDB"
   t0=$(now)
   if [ "$who" = native ]; then native_on; else ours_on; fi
   wait_marker_in "$db" "$id"
   t1=$(now)
+  # where the catch-up's CPU went: the source's walsender, the target's apply backends (the
+  # native worker, or pgcutover's sessions), pgcutover's daemon
+  if [ "$who" = native ]; then
+    ws=$(cpu_s $(srcq "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'bench_sub'"))
+    apply=$(cpu_s $(dst -At -c "SELECT pid FROM pg_stat_subscription WHERE subname = 'bench_sub' AND pid IS NOT NULL"))
+  else
+    ws=$(cpu_s $(srcq "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'pgcutover_bench'"))
+    apply=$(cpu_s $(dst -At -c "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgcutover-apply'"))
+    daemon=$(cpu_s "$DAEMON_PID")
+  fi
+  raw "catchup_${w}_cpu_s_walsender_$who" "$r" "$ws" s; raw "catchup_${w}_cpu_s_apply_$who" "$r" "$apply" s
+  [ "$who" = pgcutover ] && raw "catchup_${w}_cpu_s_daemon" "$r" "$daemon" s
+  CPU_OF[$who.$w.ws]+="$ws "; CPU_OF[$who.$w.apply]+="$apply "; CPU_OF[$who.$w.daemon]+="$daemon "
+  raw "catchup_${w}_seconds_$who" "$r" "$(elapsed "$t0" "$t1")" s
+  CPU_OF[$who.$w.wall]+="$(elapsed "$t0" "$t1") "
   if [ "$who" = native ]; then native_off; else ours_off; fi
   same_or_die "$db" "$who $w catch-up"
   if [ "$w" = pgbench ]; then changes=$((N_TX / CLIENTS * CLIENTS * 4)); else changes=$BULK_ROWS; fi
@@ -246,6 +274,38 @@ for r in $(seq 1 "$REPS"); do
     done
   done
 done
+# ---- 2b. the floor of the bulk backlog's apply on this machine: the same 1M rows updated by
+# key on pgcutover's target database in two sessions at once, 5000 rows a transaction, keys
+# generated server-side and every row set to its own value (nothing read from a client,
+# nothing decoded, content unchanged): the heap and index work any consumer's apply does at
+# least. With the walsender's decoding it bounds any consumer's catch-up on these 2 cores.
+floor_session() {   # floor_session FIRST_KEY ROWS -> CPU clock ticks the session used
+  psql_port "$DST_PORT" -d "$OURDB" -At \
+    -c "SET synchronous_commit = off; SET enable_seqscan = off; SET jit = off" \
+    -c "DO \$\$ BEGIN FOR i IN 0..($2 / 5000 - 1) LOOP
+          UPDATE pgbench_accounts a SET abalance = a.abalance
+            FROM unnest(ARRAY(SELECT generate_series($1 + i * 5000, $1 + i * 5000 + 4999))) k
+           WHERE a.aid = k;
+          COMMIT;
+        END LOOP; END \$\$" \
+    -c "SELECT split_part(s, ' ', 14)::int + split_part(s, ' ', 15)::int FROM pg_read_file('/proc/self/stat') s" \
+    | tail -1
+}
+FLOOR_CPU=()
+for r in $(seq 1 "$REPS"); do
+  dst -c CHECKPOINT >/dev/null
+  half=$((BULK_ROWS / 2))
+  f0=$(now)
+  floor_session 1 "$half" > "$BENCH_TMP/floor-0" & fa=$!
+  floor_session $((half + 1)) "$half" > "$BENCH_TMP/floor-1" & fb=$!
+  wait "$fa" "$fb"
+  f1=$(now)
+  cpu=$(calc "($(cat "$BENCH_TMP/floor-0") + $(cat "$BENCH_TMP/floor-1")) / $(getconf CLK_TCK)" 2)
+  raw floor_bulk_cpu_s "$r" "$cpu" s; raw floor_bulk_seconds "$r" "$(elapsed "$f0" "$f1")" s
+  FLOOR_CPU+=("$cpu")
+done
+same_or_die "$OURDB" "the floor's updates"
+
 "$PGCUTOVER" cleanup --config "$cfg" >/dev/null
 native_drop_sub
 
@@ -264,13 +324,23 @@ metric native_slot_lag_median "$NATIVE_LAG_MED" bytes; metric native_slot_lag_ma
 metric pgcutover_slot_lag_median "$OURS_LAG_MED" bytes; metric pgcutover_slot_lag_max "$OURS_LAG_MAX" bytes
 metric pgcutover_lag_p50 "$HB_P50" s; metric pgcutover_lag_p99 "$HB_P99" s; metric pgcutover_lag_max "$HB_MAX" s
 metric pgcutover_lag_samples "$(wc -l < "$HB")" samples
-declare -A RATE
+declare -A RATE CPU_MED
 for k in native.pgbench pgcutover.pgbench native.bulk pgcutover.bulk; do
   # shellcheck disable=SC2086
   RATE[$k]=$(med ${RATE_LIST[$k]})
   metric "catchup_${k#*.}_rows_per_s_${k%.*}" "${RATE[$k]}" rows/s
 done
 metric pgcutover_peak_rss "$(calc "$PEAK_KB/1024" 1)" MB
+# shellcheck disable=SC2086
+for k in native.bulk.ws native.bulk.apply pgcutover.bulk.ws pgcutover.bulk.apply pgcutover.bulk.daemon native.bulk.wall pgcutover.bulk.wall; do
+  CPU_MED[$k]=$(med ${CPU_OF[$k]})
+done
+# shellcheck disable=SC2086
+WS_MIN=$(minof ${CPU_OF[native.bulk.ws]} ${CPU_OF[pgcutover.bulk.ws]})
+FLOOR=$(med "${FLOOR_CPU[@]}")
+BOUND=$(calc "($WS_MIN + $FLOOR) / 2" 2)
+metric floor_bulk_cpu_s "$FLOOR" s; metric walsender_bulk_cpu_s_min "$WS_MIN" s
+metric bound_bulk_seconds "$BOUND" s; metric bound_bulk_rows_per_s "$(calc "$BULK_ROWS/$BOUND" 0)" rows/s
 
 pct() { calc "100*($1-$TPS_BASE)/$TPS_BASE" 1; }
 {
@@ -284,4 +354,7 @@ pct() { calc "100*($1-$TPS_BASE)/$TPS_BASE" 1; }
   echo "| catch-up, pgbench backlog ($((N_TX / CLIENTS * CLIENTS * 4)) changes) | ${RATE[native.pgbench]} rows/s | ${RATE[pgcutover.pgbench]} rows/s ($(calc "${RATE[pgcutover.pgbench]}/${RATE[native.pgbench]}" 2)x) |"
   echo "| catch-up, bulk backlog ($BULK_ROWS rows, $BATCH-row txns) | ${RATE[native.bulk]} rows/s | ${RATE[pgcutover.bulk]} rows/s ($(calc "${RATE[pgcutover.bulk]}/${RATE[native.bulk]}" 2)x) |"
   echo "| daemon peak RSS | – | $(calc "$PEAK_KB/1024" 1) MB |"
+  echo "| bulk catch-up: seconds; CPU s of walsender / apply / daemon | ${CPU_MED[native.bulk.wall]}; ${CPU_MED[native.bulk.ws]} / ${CPU_MED[native.bulk.apply]} / – | ${CPU_MED[pgcutover.bulk.wall]}; ${CPU_MED[pgcutover.bulk.ws]} / ${CPU_MED[pgcutover.bulk.apply]} / ${CPU_MED[pgcutover.bulk.daemon]} |"
+  echo "| floor: the bulk's rows updated by key in 2 sessions, nothing decoded (CPU s) | $FLOOR | |"
+  echo "| bound for any consumer on $(nproc) cores: (least walsender CPU $WS_MIN + floor) / $(nproc) | $BOUND s = $(calc "$BULK_ROWS/$BOUND" 0) rows/s = $(calc "$BULK_ROWS/$BOUND/${RATE[native.bulk]}" 2)x native | |"
 } | tee -a "$RESULT_FILE"

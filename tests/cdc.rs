@@ -874,7 +874,7 @@ async fn independent_batches_run_side_by_side_and_a_refusal_among_them_commits_n
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_beside_a_refused_one_is_never_committed() {
     use pgcutover::cdc::decode::Value;
-    use pgcutover::cdc::relation::{ColInfo, RelInfo};
+    use pgcutover::cdc::relation::{ColInfo, RelInfo, Wire};
     use pgcutover::pg::{Lsn, TableName};
 
     let pair = Pair::start().await;
@@ -902,6 +902,8 @@ async fn a_batch_beside_a_refused_one_is_never_committed() {
         cast: "integer".into(),
         key,
         always_identity: false,
+        // As the relation cache decides for int4 on both sides: binary int4[] parameters.
+        wire: Wire::Int4,
     };
     let rel = Arc::new(RelInfo {
         relid: 1,

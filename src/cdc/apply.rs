@@ -90,7 +90,7 @@ use tokio_postgres::{Client, Statement};
 
 use super::coalesce::{Buffer, Change, KeySet, Writeset, key_hash};
 use super::decode::{OldKind, Tuple, Value};
-use super::relation::RelInfo;
+use super::relation::{RelInfo, Wire};
 use crate::pg::{Lsn, SqlError, error_text, quote_ident, quote_literal};
 
 /// Most rows in one multi-row statement.
@@ -155,37 +155,80 @@ fn literal(rel: &RelInfo, v: &Option<Bytes>) -> Result<String, ApplyError> {
     }
 }
 
-/// A column of a run, bound to a `text[]` parameter in binary form.
+/// A column of a run, bound to an array parameter in binary form: `text[]` with the values
+/// as they came, or an integer array (see [`Wire`]).
 #[derive(Debug)]
-struct TextArrayParam(Vec<Option<Bytes>>);
+struct ArrayParam {
+    wire: Wire,
+    values: Vec<Option<Bytes>>,
+}
 
-impl ToSql for TextArrayParam {
+impl ArrayParam {
+    fn element(&self) -> Type {
+        match self.wire {
+            Wire::Text => Type::TEXT,
+            Wire::Int2 => Type::INT2,
+            Wire::Int4 => Type::INT4,
+            Wire::Int8 => Type::INT8,
+        }
+    }
+}
+
+/// An integer's canonical text (what PostgreSQL's output function writes) as `T`.
+fn parse_int<T: std::str::FromStr>(
+    b: &[u8],
+) -> Result<T, Box<dyn std::error::Error + Sync + Send>> {
+    std::str::from_utf8(b)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "the stream sent {:?} for an integer column",
+                String::from_utf8_lossy(&b[..b.len().min(40)])
+            )
+            .into()
+        })
+}
+
+impl ToSql for ArrayParam {
     fn to_sql(
         &self,
         _: &Type,
         out: &mut BytesMut,
     ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
         let dim = ArrayDimension {
-            len: i32::try_from(self.0.len())?,
+            len: i32::try_from(self.values.len())?,
             lower_bound: 1,
         };
+        let wire = self.wire;
         array_to_sql(
             Some(dim),
-            Type::TEXT.oid(),
-            self.0.iter(),
-            |v, buf| match v {
-                None => Ok(postgres_protocol::IsNull::Yes),
-                Some(b) => {
-                    buf.extend_from_slice(b);
-                    Ok(postgres_protocol::IsNull::No)
+            self.element().oid(),
+            self.values.iter(),
+            |v, buf| {
+                let Some(b) = v else {
+                    return Ok(postgres_protocol::IsNull::Yes);
+                };
+                match wire {
+                    Wire::Text => buf.extend_from_slice(b),
+                    Wire::Int2 => buf.extend_from_slice(&parse_int::<i16>(b)?.to_be_bytes()),
+                    Wire::Int4 => buf.extend_from_slice(&parse_int::<i32>(b)?.to_be_bytes()),
+                    Wire::Int8 => buf.extend_from_slice(&parse_int::<i64>(b)?.to_be_bytes()),
                 }
+                Ok(postgres_protocol::IsNull::No)
             },
             out,
         )?;
         Ok(IsNull::No)
     }
     fn accepts(ty: &Type) -> bool {
-        *ty == Type::TEXT_ARRAY
+        [
+            Type::TEXT_ARRAY,
+            Type::INT2_ARRAY,
+            Type::INT4_ARRAY,
+            Type::INT8_ARRAY,
+        ]
+        .contains(ty)
     }
     to_sql_checked!();
 }
@@ -514,7 +557,7 @@ impl Applier {
             return Err(bad_value(rel, "update has the wrong number of columns"));
         }
         // Unchanged TOAST keeps the target's value; identity columns cannot be SET.
-        let set: Vec<bool> = new
+        let mut set: Vec<bool> = new
             .iter()
             .zip(&rel.columns)
             .map(|(v, c)| *v != Value::UnchangedToast && !c.always_identity)
@@ -569,6 +612,15 @@ impl Applier {
                 .map(|i| rel.key.contains(&i))
                 .collect();
             check_identity_unchanged(rel, &key_mask, k, &new)?;
+        }
+        // A key that did not change is matched by the WHERE clause: setting it again to the
+        // same value only costs the target a cast per row. (Kept when nothing else is set, so
+        // that the row is still updated, as on the source.)
+        let key_kept = old_key.as_ref().is_none_or(|k| *k == new_key);
+        if key_kept && (0..set.len()).any(|i| set[i] && !rel.columns[i].key) {
+            for &i in &rel.key {
+                set[i] = false;
+            }
         }
         let mut row = Vec::with_capacity(new.len());
         for (v, s) in new.into_iter().zip(&set) {
@@ -1061,7 +1113,18 @@ impl Applier {
                 }
             }
         };
-        let params: Vec<TextArrayParam> = run.columns.into_iter().map(TextArrayParam).collect();
+        let mut wires: Vec<Wire> = param_columns(&run.rel, &run.kind)
+            .into_iter()
+            .map(|i| run.rel.columns[i].wire)
+            .collect();
+        if wires.len() != run.columns.len() {
+            wires = vec![Wire::Text; run.columns.len()];
+        }
+        let params: Vec<ArrayParam> = wires
+            .into_iter()
+            .zip(run.columns)
+            .map(|(wire, values)| ArrayParam { wire, values })
+            .collect();
         let want = match run.kind {
             Kind::Insert => 0,
             _ => run.rows as u64,
@@ -1353,6 +1416,21 @@ fn full_old(rel: &RelInfo, old: Tuple) -> Result<(Vec<bool>, Vec<Option<Bytes>>)
 
 /// The SQL of one statement. Parameters are text (`$n::text`) or text arrays, in this order:
 /// SET or inserted columns, then key or old-row columns.
+/// The column each parameter of a multi-row statement carries, in order (see
+/// [`statement_of`] for the values and [`statement_sql`] for the statement).
+fn param_columns(rel: &RelInfo, kind: &Kind) -> Vec<usize> {
+    match kind {
+        Kind::Insert => (0..rel.columns.len()).collect(),
+        Kind::Update { set } => (0..rel.columns.len())
+            .filter(|&i| set[i])
+            .chain(rel.key.iter().copied())
+            .collect(),
+        Kind::Delete => rel.key.clone(),
+        // Changed one row at a time, never in a multi-row statement.
+        Kind::FullUpdate { .. } | Kind::FullDelete { .. } => Vec::new(),
+    }
+}
+
 fn statement_sql(rel: &RelInfo, kind: &Kind, multi: bool) -> String {
     let t = rel.table.to_string();
     let all: Vec<usize> = (0..rel.columns.len()).collect();
@@ -1360,6 +1438,7 @@ fn statement_sql(rel: &RelInfo, kind: &Kind, multi: bool) -> String {
         |mask: &[bool]| -> Vec<usize> { all.iter().copied().filter(|&i| mask[i]).collect() };
     let col = |i: usize| quote_ident(&rel.columns[i].name);
     let cast = |i: usize| rel.columns[i].cast.as_str();
+    let array = |i: usize| rel.columns[i].wire.array_type();
     let mut n = 0;
     let mut param = || {
         n += 1;
@@ -1383,7 +1462,7 @@ fn statement_sql(rel: &RelInfo, kind: &Kind, multi: bool) -> String {
             let cols: Vec<String> = all.iter().map(|&i| col(i)).collect();
             let arrays: Vec<String> = all
                 .iter()
-                .map(|_| format!("${}::text[]", param()))
+                .map(|&i| format!("${}::{}", param(), array(i)))
                 .collect();
             let names: Vec<String> = all.iter().map(|i| format!("p{i}")).collect();
             let vals: Vec<String> = all
@@ -1420,11 +1499,11 @@ fn statement_sql(rel: &RelInfo, kind: &Kind, multi: bool) -> String {
             let mut arrays = Vec::new();
             let mut names = Vec::new();
             for &i in &set_cols {
-                arrays.push(format!("${}::text[]", param()));
+                arrays.push(format!("${}::{}", param(), array(i)));
                 names.push(format!("p{i}"));
             }
             for &i in &rel.key {
-                arrays.push(format!("${}::text[]", param()));
+                arrays.push(format!("${}::{}", param(), array(i)));
                 names.push(format!("k{i}"));
             }
             let sets: Vec<String> = set_cols
@@ -1456,7 +1535,7 @@ fn statement_sql(rel: &RelInfo, kind: &Kind, multi: bool) -> String {
             let arrays: Vec<String> = rel
                 .key
                 .iter()
-                .map(|_| format!("${}::text[]", param()))
+                .map(|&i| format!("${}::{}", param(), array(i)))
                 .collect();
             let names: Vec<String> = rel.key.iter().map(|i| format!("k{i}")).collect();
             let conds: Vec<String> = rel
@@ -1533,6 +1612,7 @@ mod tests {
             cast: cast.into(),
             key,
             always_identity: false,
+            wire: Wire::Text,
         };
         RelInfo {
             relid: 1,
@@ -1578,6 +1658,16 @@ mod tests {
             "DELETE FROM ONLY \"app\".\"Odd \"\"name\"\"\" AS t USING unnest($1::text[]) AS v(k0) \
              WHERE t.\"id\" = v.k0::integer"
         );
+        // Integer columns of the same built-in type on both sides travel as integer arrays.
+        let mut typed = rel(b'd');
+        typed.columns[0].wire = Wire::Int4;
+        assert_eq!(
+            statement_sql(&typed, &upd, true),
+            "UPDATE ONLY \"app\".\"Odd \"\"name\"\"\" AS t SET \"id\" = v.p0::integer, \"doc\" = \
+             v.p2::jsonb FROM unnest($1::int4[], $2::text[], $3::int4[]) AS v(p0, p2, k0) \
+             WHERE t.\"id\" = v.k0::integer"
+        );
+        assert_eq!(param_columns(&typed, &upd), vec![0, 2, 0]);
         let full = Kind::FullDelete {
             old: vec![true, true, false],
         };
@@ -1588,5 +1678,68 @@ mod tests {
              ($1::text::integer)::text AND s.\"note\"::text IS NOT DISTINCT FROM \
              ($2::text::text)::text LIMIT 1)"
         );
+    }
+
+    /// The elements of a one-dimensional binary array: (element type, each value's bytes).
+    fn elements(buf: &[u8]) -> (u32, Vec<Option<Vec<u8>>>) {
+        let int = |at: usize| i32::from_be_bytes(buf[at..at + 4].try_into().unwrap());
+        assert_eq!(int(0), 1, "one dimension");
+        let (elem, len) = (int(8) as u32, int(12) as usize);
+        let mut at = 20;
+        let mut out = Vec::new();
+        for _ in 0..len {
+            let n = int(at);
+            at += 4;
+            if n < 0 {
+                out.push(None);
+            } else {
+                out.push(Some(buf[at..at + n as usize].to_vec()));
+                at += n as usize;
+            }
+        }
+        (elem, out)
+    }
+
+    #[test]
+    fn integer_arrays_are_sent_in_binary_and_refuse_what_is_not_an_integer() {
+        let values = |v: &[Option<&str>]| -> Vec<Option<Bytes>> {
+            v.iter()
+                .map(|x| x.map(|s| Bytes::copy_from_slice(s.as_bytes())))
+                .collect()
+        };
+        let encode = |wire: Wire, v: &[Option<&str>]| {
+            let mut out = BytesMut::new();
+            ArrayParam {
+                wire,
+                values: values(v),
+            }
+            .to_sql(&Type::TEXT_ARRAY, &mut out)
+            .map(|_| elements(&out))
+        };
+        let (elem, got) = encode(Wire::Int4, &[Some("42"), None, Some("-2147483648")]).unwrap();
+        assert_eq!(elem, Type::INT4.oid());
+        assert_eq!(
+            got,
+            vec![
+                Some(42i32.to_be_bytes().to_vec()),
+                None,
+                Some(i32::MIN.to_be_bytes().to_vec())
+            ]
+        );
+        let (elem, got) = encode(Wire::Int8, &[Some("9223372036854775807")]).unwrap();
+        assert_eq!(elem, Type::INT8.oid());
+        assert_eq!(got, vec![Some(i64::MAX.to_be_bytes().to_vec())]);
+        let (elem, got) = encode(Wire::Int2, &[Some("-7")]).unwrap();
+        assert_eq!(elem, Type::INT2.oid());
+        assert_eq!(got, vec![Some((-7i16).to_be_bytes().to_vec())]);
+        // Text goes as it came, NULL stays NULL and '' stays ''.
+        let (elem, got) = encode(Wire::Text, &[Some(""), None, Some("x")]).unwrap();
+        assert_eq!(elem, Type::TEXT.oid());
+        assert_eq!(got, vec![Some(vec![]), None, Some(b"x".to_vec())]);
+
+        for bad in ["1.5", "", "99999999999", "abc", " 1"] {
+            let err = encode(Wire::Int4, &[Some(bad)]).expect_err(bad);
+            assert!(err.to_string().contains("integer column"), "{bad}: {err}");
+        }
     }
 }

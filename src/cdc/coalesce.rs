@@ -393,6 +393,7 @@ mod tests {
             cast: "text".into(),
             key,
             always_identity: false,
+            wire: crate::cdc::relation::Wire::Text,
         };
         Arc::new(RelInfo {
             relid,
