@@ -51,6 +51,13 @@ pub struct TableView {
     pub chunks: i32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snapshot_lsn: Option<Lsn>,
+    /// Chunks copied again after their sessions broke (see `load::copy_all`).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub retries: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -143,6 +150,7 @@ struct TableEntry {
     chunks_done: i32,
     chunks: i32,
     snapshot_lsn: Option<Lsn>,
+    retries: u32,
     live: Arc<LiveTable>,
 }
 
@@ -398,6 +406,7 @@ impl StatusBoard {
                 chunks_done,
                 chunks,
                 snapshot_lsn: lsn,
+                retries: 0,
                 live: Arc::new(LiveTable::default()),
             },
         );
@@ -438,9 +447,10 @@ impl StatusBoard {
     }
 
     /// A chunk failed and will not be retried in this run: its bytes are not copied.
-    pub fn chunk_abandoned(&self, name: &TableName) {
+    /// A chunk's copy broke off and is being copied again.
+    pub fn chunk_retried(&self, name: &TableName) {
         if let Some(t) = self.lock().tables.get_mut(name) {
-            t.live.bytes.store(0, Ordering::Relaxed);
+            t.retries += 1;
         }
     }
 
@@ -457,6 +467,7 @@ impl StatusBoard {
                 chunks_done: t.chunks_done,
                 chunks: t.chunks,
                 snapshot_lsn: t.snapshot_lsn,
+                retries: t.retries,
             })
             .collect();
         StatusView {

@@ -119,6 +119,95 @@ async fn loads_into_existing_tables_without_schema_copy() {
     );
 }
 
+/// A copy session that dies in the middle of a chunk (here: its target backend is
+/// terminated while a target-only trigger holds it at one row) costs that chunk a second
+/// attempt on new sessions importing the same snapshot, not the load: it completes in the
+/// same run, exact, and `/status` counts the retry on the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_session_that_dies_mid_chunk_is_copied_again_in_the_same_run() {
+    let pair = Pair::start().await;
+    let ddl = "CREATE TABLE items (id int PRIMARY KEY, v text);
+               CREATE TABLE other (id int PRIMARY KEY);";
+    pair.src().await.batch_execute(ddl).await.unwrap();
+    let tgt = pair.tgt().await;
+    tgt.batch_execute(ddl).await.unwrap();
+    tgt.batch_execute(
+        "CREATE FUNCTION public.gate() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.id = 777 THEN PERFORM pg_catalog.pg_advisory_xact_lock_shared(4242); END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER gate BEFORE INSERT ON items FOR EACH ROW EXECUTE FUNCTION public.gate();
+         ALTER TABLE items ENABLE ALWAYS TRIGGER gate;
+         SELECT pg_advisory_lock(4242);",
+    )
+    .await
+    .unwrap();
+    pair.src()
+        .await
+        .batch_execute(
+            "INSERT INTO items SELECT g, md5(g::text) FROM generate_series(1, 5000) g;
+             INSERT INTO other SELECT generate_series(1, 100);",
+        )
+        .await
+        .unwrap();
+    let cfg = pair.config("copy_schema = false\nparallel_workers = 2");
+    let status = StatusBoard::new("native", "t");
+    let load = tokio::spawn({
+        let status = status.clone();
+        async move { load::run(&cfg, status).await }
+    });
+
+    // The copy of `items` waits at row 777 for the lock this test holds: end its session.
+    let gated = "SELECT pid FROM pg_stat_activity
+                  WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'";
+    let watcher = pair.tgt().await;
+    let watcher = Arc::new(watcher);
+    {
+        let w = watcher.clone();
+        wait_for(
+            Duration::from_secs(120),
+            "the copy to wait at the gate",
+            move || {
+                let w = w.clone();
+                async move { !w.query(gated, &[]).await.unwrap().is_empty() }
+            },
+        )
+        .await;
+    }
+    let killed = watcher
+        .query_one(
+            &format!("SELECT count(pg_terminate_backend(pid))::int8 FROM ({gated}) g"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(killed, 1);
+    tgt.batch_execute("SELECT pg_advisory_unlock(4242)")
+        .await
+        .unwrap();
+
+    load.await
+        .unwrap()
+        .expect("the load goes on after the broken chunk");
+    assert_eq!(digests(&pair.src().await).await, digests(&tgt).await);
+    let view = status.view();
+    let items = view
+        .tables
+        .iter()
+        .find(|t| t.table == "public.items")
+        .unwrap();
+    assert_eq!(items.retries, 1, "{view:?}");
+    assert_eq!(items.rows, 5000, "rows counted once");
+    assert!(
+        view.tables
+            .iter()
+            .filter(|t| t.table != "public.items")
+            .all(|t| t.retries == 0)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_load_resumes_without_recopying_finished_tables() {
     let pair = Pair::start().await;

@@ -112,6 +112,20 @@ pub enum CopyError {
     Sql(#[from] SqlError),
 }
 
+impl CopyError {
+    /// New sessions may succeed where these failed (see [`crate::pg::is_transient`]): the
+    /// connection broke or the server ended the session.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CopyError::Conn(
+                ConnError::Connect { source, .. } | ConnError::Setup { source, .. },
+            ) => crate::pg::is_transient(source),
+            CopyError::Conn(ConnError::Tls { .. }) => false,
+            CopyError::Sql(e) => e.is_transient(),
+        }
+    }
+}
+
 pub struct Worker {
     source: Client,
     target: Client,
@@ -159,12 +173,47 @@ impl Worker {
         })
     }
 
-    /// Copy one unit of work; returns (rows, bytes of COPY data).
+    /// Copy one unit of work; returns (rows, bytes of COPY data). On an error the bytes it
+    /// counted in `live` are taken back out (nothing of the chunk committed).
     pub async fn copy(
         &mut self,
         unit: &CopyUnit,
         item: &WorkItem,
         live: &LiveTable,
+    ) -> Result<(i64, u64), CopyError> {
+        let mut counted = 0;
+        let result = self.copy_counting(unit, item, live, &mut counted).await;
+        if result.is_err() {
+            let _ = live
+                .bytes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                    Some(b.saturating_sub(counted))
+                });
+        }
+        result
+    }
+
+    /// The (rows, bytes) recorded for a chunk that committed, if it did: a chunk whose COMMIT
+    /// went through just before its connection broke is done, and copying it again would be
+    /// refused (its progress row exists).
+    pub async fn committed(
+        &self,
+        unit: &CopyUnit,
+        item: &WorkItem,
+    ) -> Result<Option<(i64, u64)>, CopyError> {
+        Ok(
+            progress::chunk_committed(&self.target, &self.migration_id, &unit.name, item.chunk)
+                .await?
+                .map(|(rows, bytes)| (rows, bytes.max(0) as u64)),
+        )
+    }
+
+    async fn copy_counting(
+        &mut self,
+        unit: &CopyUnit,
+        item: &WorkItem,
+        live: &LiveTable,
+        counted: &mut u64,
     ) -> Result<(i64, u64), CopyError> {
         let what = || format!("copying {}", unit.name.display_plain());
         let tx = self.target.transaction().await.ctx(what)?;
@@ -189,6 +238,7 @@ impl Worker {
             let n = chunk.len() as u64;
             sink.feed(chunk).await.ctx(what)?;
             bytes += n;
+            *counted += n;
             live.bytes.fetch_add(n, Ordering::Relaxed);
         }
         let rows = sink.as_mut().finish().await.ctx(what)? as i64;

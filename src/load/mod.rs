@@ -293,8 +293,25 @@ pub async fn run(cfg: &Config, status: Arc<StatusBoard>) -> Result<LoadOutcome, 
     Ok(LoadOutcome { slot_lsn, tables })
 }
 
+/// Attempts at one chunk before the load gives up on it (and the next run resumes it).
+const CHUNK_ATTEMPTS: u32 = 5;
+
+/// The wait before attempt `n + 1` of a chunk: 1, 2, 4, 8 s.
+fn chunk_backoff(n: u32) -> std::time::Duration {
+    std::time::Duration::from_secs(1 << (n - 1).min(3))
+}
+
 /// Copy every work item with up to `parallel_workers` workers sharing the snapshot. The
 /// first error stops the others from taking new work and is returned.
+///
+/// A chunk whose sessions broke (a dropped connection, a terminated backend, a failover) is
+/// copied again on new sessions that import the same snapshot, up to [`CHUNK_ATTEMPTS`]
+/// times: nothing of a failed chunk committed (its rows and its progress row go in one
+/// transaction), and one whose COMMIT went through before the break is found recorded and
+/// counted as done. Without this, one dropped connection during a long load stopped the
+/// migration, and a restart copied every unfinished table again from a new snapshot. Errors
+/// the server gives for what a statement is (a type, a constraint) are not retried, nor is
+/// anything once the exporting session is gone (the snapshot cannot be imported any more).
 async fn copy_all(
     cfg: &Config,
     snapshot: &ExportedSnapshot,
@@ -315,7 +332,7 @@ async fn copy_all(
         let id = cfg.replication.migration_id.as_str().to_string();
         set.spawn(async move {
             let result = async {
-                let mut worker = Worker::open(&source, &target, &name, lsn, &id).await?;
+                let mut worker: Option<Worker> = None;
                 loop {
                     if stop.load(Ordering::Relaxed) {
                         return Ok(());
@@ -325,20 +342,44 @@ async fn copy_all(
                     let unit = &units[item.table];
                     let live = status.chunk_started(&unit.name);
                     let started = Instant::now();
-                    match worker.copy(unit, &item, &live).await {
-                        Ok((rows, bytes)) => {
-                            if status.chunk_done(&unit.name, rows, bytes, lsn) {
-                                tracing::info!(table = %unit.name.display_plain(), rows, bytes,
-                                    binary = unit.binary, "table copied");
-                            } else {
-                                tracing::debug!(table = %unit.name.display_plain(), chunk = item.chunk,
-                                    rows, secs = started.elapsed().as_secs_f64(), "chunk copied");
+                    let mut attempt = 1;
+                    let (rows, bytes) = loop {
+                        let copied = match worker.as_mut() {
+                            Some(w) => w.copy(unit, &item, &live).await,
+                            None => match Worker::open(&source, &target, &name, lsn, &id).await {
+                                Ok(w) => match w.committed(unit, &item).await {
+                                    Ok(Some(done)) => Ok(done),
+                                    Ok(None) => worker.insert(w).copy(unit, &item, &live).await,
+                                    Err(e) => Err(e),
+                                },
+                                Err(e) => Err(e),
+                            },
+                        };
+                        match copied {
+                            Ok(done) => break done,
+                            Err(e)
+                                if e.is_transient()
+                                    && attempt < CHUNK_ATTEMPTS
+                                    && !stop.load(Ordering::Relaxed) =>
+                            {
+                                let wait = chunk_backoff(attempt);
+                                tracing::warn!(table = %unit.name.display_plain(), chunk = item.chunk,
+                                    attempt, error = %e, retry_in_seconds = wait.as_secs(),
+                                    "a chunk's copy broke off; copying it again on new sessions");
+                                status.chunk_retried(&unit.name);
+                                worker = None;
+                                tokio::time::sleep(wait).await;
+                                attempt += 1;
                             }
+                            Err(e) => return Err(e),
                         }
-                        Err(e) => {
-                            status.chunk_abandoned(&unit.name);
-                            return Err(e);
-                        }
+                    };
+                    if status.chunk_done(&unit.name, rows, bytes, lsn) {
+                        tracing::info!(table = %unit.name.display_plain(), rows, bytes,
+                            binary = unit.binary, "table copied");
+                    } else {
+                        tracing::debug!(table = %unit.name.display_plain(), chunk = item.chunk,
+                            rows, secs = started.elapsed().as_secs_f64(), "chunk copied");
                     }
                 }
             }

@@ -212,6 +212,24 @@ pub struct ChunkRecord<'a> {
     pub bytes: i64,
 }
 
+/// The rows and bytes recorded for a chunk, if it committed.
+pub async fn chunk_committed(
+    client: &tokio_postgres::Client,
+    migration_id: &str,
+    table: &TableName,
+    chunk: i32,
+) -> Result<Option<(i64, i64)>, SqlError> {
+    let row = client
+        .query_opt(
+            "SELECT rows, bytes FROM pgcutover.load_progress
+              WHERE migration_id = $1 AND schema_name = $2 AND table_name = $3 AND chunk = $4",
+            &[&migration_id, &table.schema, &table.name, &chunk],
+        )
+        .await
+        .ctx(|| format!("reading the progress of {}", table.display_plain()))?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
 /// Record a copied chunk; call inside the chunk's transaction.
 pub async fn record_chunk(
     tx: &tokio_postgres::Transaction<'_>,
