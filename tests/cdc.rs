@@ -963,6 +963,140 @@ async fn a_batch_beside_a_refused_one_is_never_committed() {
     );
 }
 
+/// The rule for a batch that touches rows of the sealed batch (whose COMMIT the daemon still
+/// holds back): that COMMIT is sent first. Sent before it, such a batch's update of a row the
+/// sealed batch inserted finds nothing (the insert is not visible yet: the change would be
+/// lost), and its update of a row the sealed batch updated waits for that row's lock, which
+/// only the daemon's next COMMIT releases, while the daemon waits too. Here the third batch
+/// updates both rows, fills the buffer (so it is sent before its commit), and then a catalog
+/// read goes to the first session, as one does when a new table shows up in the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_touching_a_sealed_batch_never_waits_on_its_locks() {
+    use pgcutover::cdc::decode::Value;
+    use pgcutover::cdc::relation::{ColInfo, RelInfo, Wire};
+    use pgcutover::pg::{Lsn, TableName};
+
+    let pair = Pair::start().await;
+    let tgt = pair.tgt().await;
+    pgcutover::load::progress::ensure_migration(&tgt, "m", "pgc_slot", "pgc_pub")
+        .await
+        .unwrap();
+    tgt.batch_execute(
+        "CREATE TABLE public.wide (id int PRIMARY KEY, v int NOT NULL);
+         CREATE TABLE public.bulk (id int PRIMARY KEY, v int NOT NULL);
+         CREATE FUNCTION public.slow(v int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS $$
+         BEGIN
+           IF v = -2 THEN PERFORM pg_catalog.pg_sleep(0.5); END IF;
+           RETURN v;
+         END $$;
+         CREATE INDEX wide_slow ON public.wide (public.slow(v));",
+    )
+    .await
+    .unwrap();
+    tgt.batch_execute("INSERT INTO public.wide VALUES (5, 0)")
+        .await
+        .unwrap();
+    let mut applier =
+        pgcutover::cdc::apply::Applier::new(vec![pair.tgt().await, pair.tgt().await], "m")
+            .await
+            .unwrap();
+    let col = |name: &str, key: bool| ColInfo {
+        name: name.into(),
+        cast: "integer".into(),
+        key,
+        always_identity: false,
+        wire: Wire::Int4,
+    };
+    let table = |relid: u32, name: &str| {
+        Arc::new(RelInfo {
+            relid,
+            table: TableName::new("public", name),
+            identity: b'd',
+            columns: vec![col("id", true), col("v", false)],
+            key: vec![0],
+            skip_before: Lsn(0),
+            extra_unique: false,
+            ordered: false,
+            generation: 1,
+        })
+    };
+    let (wide, bulk) = (table(1, "wide"), table(2, "bulk"));
+    let row = |id: i32, v: i32| {
+        vec![
+            Value::Text(id.to_string().into()),
+            Value::Text(v.to_string().into()),
+        ]
+    };
+
+    // 1: slow on the first session. 2: beside it, sealed (its COMMIT waits for 1's).
+    applier.begin().await.unwrap();
+    applier.insert(&wide, row(1, -2)).await.unwrap();
+    applier.end_source_txn();
+    applier.commit(Lsn(0x100)).await.unwrap();
+    applier.begin().await.unwrap();
+    applier.insert(&wide, row(2, 1)).await.unwrap();
+    applier.update(&wide, None, row(5, 1)).await.unwrap();
+    applier.end_source_txn();
+    applier.commit(Lsn(0x200)).await.unwrap();
+    assert!(applier.commit_pending());
+    // 3: updates batch 2's rows, then fills the buffer, which is sent before the commit.
+    let third = tokio::time::timeout(Duration::from_secs(30), async {
+        applier.begin().await.map_err(|e| e.to_string())?;
+        applier
+            .update(&wide, None, row(2, 3))
+            .await
+            .map_err(|e| e.to_string())?;
+        applier
+            .update(&wide, None, row(5, 7))
+            .await
+            .map_err(|e| e.to_string())?;
+        for id in 2..pgcutover::cdc::coalesce::MAX_CHANGES as i32 {
+            applier
+                .insert(&bulk, row(id, id))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        applier
+            .client()
+            .query_one("SELECT 1", &[])
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<(), String>(())
+    })
+    .await;
+    assert!(
+        matches!(third, Ok(Ok(()))),
+        "the third batch hung behind a lock of the sealed batch: {third:?}"
+    );
+    applier.end_source_txn();
+    applier.commit(Lsn(0x300)).await.unwrap();
+    let done = applier.settle().await.unwrap();
+    assert!(!applier.commit_pending());
+    assert!(!done.is_empty());
+
+    assert_eq!(
+        scalar(&tgt, "SELECT v::bigint FROM public.wide WHERE id = 2").await,
+        3,
+        "the update of the row the sealed batch inserted was lost"
+    );
+    assert_eq!(
+        scalar(&tgt, "SELECT v::bigint FROM public.wide WHERE id = 5").await,
+        7
+    );
+    assert_eq!(
+        scalar(&tgt, "SELECT count(*) FROM public.bulk").await,
+        pgcutover::cdc::coalesce::MAX_CHANGES as i64 - 2
+    );
+    assert_eq!(
+        scalar(
+            &tgt,
+            "SELECT (applied_lsn - '0/0')::bigint FROM pgcutover.migration"
+        )
+        .await,
+        0x300
+    );
+}
+
 /// A second daemon started for a migration that one is already streaming cannot take the
 /// slot: it says so in `/status` (what, why, which attempt, when the next) while the first
 /// goes on, and takes over once the first stops.

@@ -14,17 +14,19 @@
 //! see [`Writeset`]) goes to the same session, behind it, and so never waits for a lock the
 //! other holds. Commits stay in source order: a batch's COMMIT is sent only after the one
 //! before it was answered. A source transaction is never split: it belongs to one batch.
-//!
-//! Until then such a batch is *sealed*: its statements are on their way and the daemon
-//! gathers the next batch, which goes to a session without an open transaction (behind the
-//! committing batch, beside the sealed one), so every session always has work queued. No
-//! statement is ever sent that could wait for a row of the sealed batch: a batch touching
-//! its rows first has the sealed batch's COMMIT sent. Otherwise that statement could wait
-//! on a lock only the daemon's next COMMIT releases, while the daemon waits for the
-//! statement.
 //! On a catch-up of independent transactions the target's work then spreads over two
 //! backends instead of one (the single-backend apply was the bottleneck: one core busy,
 //! the other half idle).
+//!
+//! Until the one before is answered, a batch is *sealed*: its statements are on their way
+//! and the daemon gathers the next batch, which goes to a session without an open
+//! transaction (behind the committing batch, beside the sealed one), so every session
+//! always has work queued. No statement is ever sent that could meet a row of the sealed
+//! batch: a batch touching its rows first has the sealed batch's COMMIT sent. Otherwise an
+//! update of a row the sealed batch inserted would find nothing (that insert is not visible
+//! yet, and the change would be lost), and an update of a row it updated would wait for a
+//! lock only the daemon's next COMMIT releases, while the daemon waits for the statement
+//! (a test has both).
 //!
 //! ## Speed, with the source's result
 //!
@@ -854,8 +856,9 @@ impl Applier {
     /// the rows of the batch still committing (or sealed) goes to another session and runs
     /// beside it; one that does goes to the same session, behind it, once that batch's COMMIT
     /// is sent. A later part of a batch already beside the committing one that touches its
-    /// rows waits for that commit first. So no statement ever waits for a lock held by a
-    /// batch whose COMMIT is not sent, which only this daemon could send.
+    /// rows waits for that commit first. So no statement ever meets a row of a batch whose
+    /// COMMIT is not sent: it would miss that batch's inserts, or wait for a lock that only
+    /// this daemon's COMMIT could release.
     async fn enter_lane(&mut self, part: &Writeset) -> Result<(), ApplyError> {
         let behind_sealed = self.sealed.as_ref().is_some_and(|b| {
             part.conflicts(&b.writes) || (self.lane.is_none() && part.conflicts(&self.last_writes))
