@@ -90,7 +90,7 @@ use postgres_protocol::types::{ArrayDimension, array_to_sql};
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{Client, Statement};
 
-use super::coalesce::{Buffer, Change, KeySet, Writeset, key_hash};
+use super::coalesce::{Buffer, Change, KeySet, RowKeys, Writeset};
 use super::decode::{OldKind, Tuple, Value};
 use super::relation::{RelInfo, Wire};
 use crate::pg::{Lsn, SqlError, error_text, quote_ident, quote_literal};
@@ -624,7 +624,8 @@ impl Applier {
                 set[i] = false;
             }
         }
-        let mut row = Vec::with_capacity(new.len());
+        // Room for the key too: the statement's parameters are built in this vector.
+        let mut row = Vec::with_capacity(new.len() + rel.key.len());
         for (v, s) in new.into_iter().zip(&set) {
             row.push(if *s { text_of(rel, v)? } else { None });
         }
@@ -983,30 +984,34 @@ impl Applier {
             return Ok(());
         }
         let tables = self.buffer.take();
-        let mut part = Writeset::default();
+        let mut part = Writeset::with_capacity(tables.iter().map(|(_, c)| c.len()).sum());
         for (rel, changes) in &tables {
-            for change in changes {
-                part.add(rel, change);
+            for (change, keys) in changes {
+                part.add(rel, change, *keys);
             }
         }
         self.enter_lane(&part).await?;
         self.writes.extend(part);
         for (rel, changes) in tables {
-            for change in changes {
-                let (kind, values, touched) = statement_of(&rel, change);
-                self.add(&rel, kind, values, touched).await?;
+            let mut left = changes.len();
+            for (change, keys) in changes {
+                let (kind, values, touched) = statement_of(change, keys);
+                self.add(&rel, kind, values, touched, left).await?;
+                left -= 1;
             }
         }
         self.flush_run().await
     }
 
     /// Add one row change to the current run (sending the run first when it cannot join).
+    /// `left`: how many changes of this table the batch has from this one on (to size a run).
     async fn add(
         &mut self,
         rel: &Arc<RelInfo>,
         kind: Kind,
         values: Vec<Option<Bytes>>,
         touched: Touched,
+        left: usize,
     ) -> Result<(), ApplyError> {
         let fits = self.run.as_ref().is_some_and(|r| {
             r.rel.relid == rel.relid
@@ -1022,12 +1027,13 @@ impl Applier {
                 Kind::Update { .. } if !rel.extra_unique => MAX_RUN,
                 _ => 1,
             };
+            let size = limit.min(left);
             self.run = Some(Run {
                 rel: rel.clone(),
                 kind,
-                columns: vec![Vec::new(); values.len()],
+                columns: vec![Vec::with_capacity(size); values.len()],
                 rows: 0,
-                keys: KeySet::default(),
+                keys: KeySet::with_capacity_and_hasher(size, Default::default()),
                 limit,
             });
         }
@@ -1318,31 +1324,24 @@ type Touched = [Option<u64>; 2];
 
 /// A buffered change as one statement's kind and parameters (SET or inserted values, then
 /// the key or old values), and the keys it touches.
-fn statement_of(rel: &RelInfo, change: Change) -> (Kind, Vec<Option<Bytes>>, Touched) {
+fn statement_of(change: Change, keys: RowKeys) -> (Kind, Vec<Option<Bytes>>, Touched) {
     match change {
         Change::Insert(row) => (Kind::Insert, row, [None; 2]),
         Change::Update {
             set,
-            row,
+            mut row,
             old_key,
             new_key,
         } => {
-            let new_hash = key_hash(rel.relid, new_key.iter());
-            let (where_key, old_hash) = match old_key {
-                Some(old) => {
-                    let h = key_hash(rel.relid, old.iter());
-                    (old, Some(h))
-                }
-                None => (new_key, None),
-            };
-            let mut values = Vec::with_capacity(row.len() + where_key.len());
-            values.extend(
-                row.into_iter()
-                    .zip(&set)
-                    .filter_map(|(v, &s)| s.then_some(v)),
-            );
-            values.extend(where_key);
-            (Kind::Update { set }, values, [Some(new_hash), old_hash])
+            let where_key = old_key.unwrap_or(new_key);
+            // The SET values, in place, then the key.
+            let mut at = 0;
+            row.retain(|_| {
+                at += 1;
+                set[at - 1]
+            });
+            row.extend(where_key);
+            (Kind::Update { set }, row, keys)
         }
         Change::Delete(key) => (Kind::Delete, key, [None; 2]),
         Change::FullUpdate { old, set, values } => {

@@ -43,7 +43,7 @@ use super::relation::RelInfo;
 /// A row's identity key values, in key-column order.
 pub type Key = Vec<Option<Bytes>>;
 
-/// The hasher for keys: fast (the daemon hashes every key of every change a few times),
+/// The hasher for keys: fast (the daemon hashes the key of every change it receives),
 /// and seeded at random per process, so that keys chosen to collide cannot be built ahead.
 type KeyHasher = foldhash::fast::RandomState;
 
@@ -95,7 +95,30 @@ pub enum Change {
     },
 }
 
+/// The [`key_hash`]es of the rows a change writes: its key (the new one for an update), and
+/// the old key of an update that sent one. None for a change found by its old values
+/// (REPLICA IDENTITY FULL) and for an insert into a table without a key. Computed once as a
+/// change enters the buffer, then used by the merge, the [`Writeset`] and the apply's runs.
+pub type RowKeys = [Option<u64>; 2];
+
 impl Change {
+    fn row_keys(&self, rel: &RelInfo) -> RowKeys {
+        match self {
+            Change::Insert(row) if !rel.key.is_empty() => [
+                Some(key_hash(rel.relid, rel.key.iter().map(|&i| &row[i]))),
+                None,
+            ],
+            Change::Update {
+                old_key, new_key, ..
+            } => [
+                Some(key_hash(rel.relid, new_key.iter())),
+                old_key.as_ref().map(|k| key_hash(rel.relid, k.iter())),
+            ],
+            Change::Delete(key) => [Some(key_hash(rel.relid, key.iter())), None],
+            _ => [None, None],
+        }
+    }
+
     fn bytes(&self) -> usize {
         let values = |v: &[Option<Bytes>]| -> usize {
             v.iter()
@@ -127,7 +150,7 @@ impl Change {
 /// The changes of one table (one shape of it) in a batch.
 struct TableBuf {
     rel: Arc<RelInfo>,
-    entries: Vec<Change>,
+    entries: Vec<(Change, RowKeys)>,
     /// Rows whose latest entry is an insert or a plain update, by [`key_hash`] → that entry
     /// (which is checked to have the key: hashes may collide).
     latest: HashMap<u64, usize, BuildHasherDefault<Prehashed>>,
@@ -137,20 +160,22 @@ struct TableBuf {
 impl TableBuf {
     /// Add a change; returns the bytes it added (0 when merged).
     fn push(&mut self, change: Change) -> usize {
+        let keys = change.row_keys(&self.rel);
         if !self.mergeable {
             let n = change.bytes();
-            self.entries.push(change);
+            self.entries.push((change, keys));
             return n;
         }
-        let relid = self.rel.relid;
-        match &change {
-            Change::Update {
-                set, row, new_key, ..
-            } if change.keeps_key() => {
-                let h = key_hash(relid, new_key.iter());
+        match (&change, keys) {
+            (
+                Change::Update {
+                    set, row, new_key, ..
+                },
+                [Some(h), _],
+            ) if change.keeps_key() => {
                 if let Some(&i) = self.latest.get(&h) {
                     let key_cols = &self.rel.key;
-                    match &mut self.entries[i] {
+                    match &mut self.entries[i].0 {
                         Change::Insert(into)
                             if key_cols.iter().map(|&c| &into[c]).eq(new_key.iter()) =>
                         {
@@ -171,27 +196,20 @@ impl TableBuf {
                 }
                 self.latest.insert(h, self.entries.len());
             }
-            // Whatever entry a removed hash pointed to, it can no longer be merged into:
-            // safe even when that was another key's.
-            Change::Update {
-                old_key, new_key, ..
-            } => {
-                if let Some(old) = old_key {
-                    self.latest.remove(&key_hash(relid, old.iter()));
-                }
-                self.latest.remove(&key_hash(relid, new_key.iter()));
-            }
-            Change::Insert(row) => {
-                let h = key_hash(relid, self.rel.key.iter().map(|&i| &row[i]));
+            (Change::Insert(_), [Some(h), _]) => {
                 self.latest.insert(h, self.entries.len());
             }
-            Change::Delete(key) => {
-                self.latest.remove(&key_hash(relid, key.iter()));
+            // Whatever entry a removed hash pointed to, it can no longer be merged into:
+            // safe even when that was another key's. (An update changing its key, a delete.)
+            (Change::Update { .. } | Change::Delete(_), _) => {
+                for h in keys.into_iter().flatten() {
+                    self.latest.remove(&h);
+                }
             }
-            Change::FullUpdate { .. } | Change::FullDelete { .. } => {}
+            _ => {}
         }
         let n = change.bytes();
-        self.entries.push(change);
+        self.entries.push((change, keys));
         n
     }
 }
@@ -212,6 +230,9 @@ fn overwrite(
         }
     }
 }
+
+/// A table's buffered changes, in order, each with its [`RowKeys`].
+pub type TableChanges = (Arc<RelInfo>, Vec<(Change, RowKeys)>);
 
 /// The changes of the open target transaction not sent yet.
 #[derive(Default)]
@@ -269,7 +290,7 @@ impl Buffer {
 
     /// Everything buffered, table by table, each table's entries in order; the buffer is
     /// empty afterwards.
-    pub fn take(&mut self) -> Vec<(Arc<RelInfo>, Vec<Change>)> {
+    pub fn take(&mut self) -> Vec<TableChanges> {
         let tables = std::mem::take(&mut self.tables);
         *self = Buffer::default();
         tables.into_iter().map(|t| (t.rel, t.entries)).collect()
@@ -304,30 +325,33 @@ impl Writeset {
         }
     }
 
-    pub fn add(&mut self, rel: &RelInfo, change: &Change) {
+    /// Add the rows of a change (`keys` from the buffer, see [`RowKeys`]).
+    pub fn add(&mut self, rel: &RelInfo, change: &Change, keys: RowKeys) {
         if self.all {
             return;
         }
-        if rel.full_identity() || rel.key.is_empty() || rel.extra_unique || rel.ordered {
+        if rel.full_identity()
+            || rel.key.is_empty()
+            || rel.extra_unique
+            || rel.ordered
+            || matches!(
+                change,
+                Change::FullUpdate { .. } | Change::FullDelete { .. }
+            )
+        {
             *self = Writeset::everything();
             return;
         }
-        match change {
-            Change::Insert(row) => {
-                self.insert(key_hash(rel.relid, rel.key.iter().map(|&i| &row[i])));
-            }
-            Change::Update {
-                old_key, new_key, ..
-            } => {
-                self.insert(key_hash(rel.relid, new_key.iter()));
-                if let Some(old) = old_key {
-                    self.insert(key_hash(rel.relid, old.iter()));
-                }
-            }
-            Change::Delete(key) => self.insert(key_hash(rel.relid, key.iter())),
-            Change::FullUpdate { .. } | Change::FullDelete { .. } => {
-                *self = Writeset::everything();
-            }
+        for h in keys.into_iter().flatten() {
+            self.insert(h);
+        }
+    }
+
+    /// An empty writeset with room for `n` keys.
+    pub fn with_capacity(n: usize) -> Writeset {
+        Writeset {
+            keys: KeySet::with_capacity_and_hasher(n.min(MAX_WRITESET), Default::default()),
+            all: false,
         }
     }
 
@@ -424,7 +448,7 @@ mod tests {
     fn all(buf: &mut Buffer) -> Vec<(u32, Change)> {
         buf.take()
             .into_iter()
-            .flat_map(|(r, changes)| changes.into_iter().map(move |c| (r.relid, c)))
+            .flat_map(|(r, changes)| changes.into_iter().map(move |(c, _)| (r.relid, c)))
             .collect()
     }
 
@@ -541,7 +565,7 @@ mod tests {
         let set = |changes: &[(&Arc<RelInfo>, Change)]| {
             let mut w = Writeset::default();
             for (r, c) in changes {
-                w.add(r, c);
+                w.add(r, c, c.row_keys(r));
             }
             w
         };
