@@ -1,0 +1,178 @@
+//! One target session of the apply ([`Lane`]): its prepared statements, the script it is
+//! building, and the requests sent on it and not answered yet, read back in order.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio_postgres::{Client, Statement};
+
+use super::Committed;
+use super::sql::StmtKey;
+use crate::cdc::relation::RelInfo;
+use crate::pg::SqlError;
+
+/// What a statement is about: the rows it must touch (updates and deletes; 0 for the rest)
+/// and the tables it changes, named in errors and warnings.
+pub(super) type Expect = Option<(u64, Subject)>;
+
+#[derive(Clone)]
+pub(super) enum Subject {
+    Table(Arc<RelInfo>),
+    /// Several tables at once (a TRUNCATE), already named.
+    Tables(Arc<str>),
+}
+
+impl Subject {
+    pub(super) fn name(&self) -> String {
+        match self {
+            Subject::Table(rel) => rel.table.display_plain(),
+            Subject::Tables(names) => names.to_string(),
+        }
+    }
+}
+
+/// A request's answer: each statement's row count, or where it failed and why.
+pub(super) type Pending =
+    Pin<Box<dyn Future<Output = Result<Vec<u64>, (usize, tokio_postgres::Error)>> + Send>>;
+
+pub(super) struct InFlight {
+    pub(super) fut: Pending,
+    /// One per statement of the request.
+    pub(super) expect: Vec<Expect>,
+    /// The request that ends a batch's commit (the COMMIT, or the WAL-position read after
+    /// it, whose two answers are the positions): once it is answered, the batch is in.
+    pub(super) ends_commit: Option<EndsCommit>,
+}
+
+pub(super) struct EndsCommit {
+    pub(super) totals: Committed,
+    pub(super) answers_positions: bool,
+}
+
+/// One target session: its prepared statements and the requests in flight on it.
+pub(super) struct Lane {
+    pub(super) client: Arc<Client>,
+    pub(super) begin: Statement,
+    pub(super) commit: Statement,
+    pub(super) progress: Statement,
+    /// `pg_current_wal_insert_lsn(), pg_current_wal_flush_lsn()`; `None` when the target does
+    /// not offer them, and then commits are synchronous.
+    pub(super) wal_positions: Option<Statement>,
+    pub(super) inflight: VecDeque<InFlight>,
+    /// A transaction is open on this session (BEGIN sent, its COMMIT not answered).
+    pub(super) open: bool,
+    /// Commits sent on this session and not answered yet.
+    pub(super) commits: usize,
+    /// Rows not found by statements answered since this session's last answered commit.
+    pub(super) missing: u64,
+    /// Server-side prepared statements for single-row changes (run by name in scripts)…
+    pub(super) named: HashMap<StmtKey, String>,
+    /// …and extended-protocol statements for multi-row runs, per table shape.
+    pub(super) extended: HashMap<StmtKey, Statement>,
+    /// Statements prepared in this session so far (names are never reused).
+    pub(super) prepared: u64,
+    /// The script being built, and one expectation per statement in it.
+    pub(super) script: String,
+    pub(super) script_expect: Vec<Expect>,
+}
+
+impl Lane {
+    /// Poll the oldest request in flight; once it is answered, its answer is kept for
+    /// [`Applier::settle_one`] to read. Ready when nothing is in flight.
+    pub(super) fn poll_front(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(front) = self.inflight.front_mut() else {
+            return Poll::Ready(());
+        };
+        match front.fut.as_mut().poll(cx) {
+            Poll::Ready(answer) => {
+                front.fut = Box::pin(std::future::ready(answer));
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Prepare a session. The client must come from [`crate::pg::conn::ConnInfo::connect`].
+    pub(super) async fn open(client: Client) -> Result<Lane, SqlError> {
+        let ctx = |what: &'static str| {
+            move |source| SqlError {
+                context: what.into(),
+                source,
+            }
+        };
+        client
+            // pg_catalog only: type names come out schema-qualified, and no object of the
+            // application's schemas can capture an unqualified name of ours.
+            // Index lookups like PostgreSQL's own apply: a batch that updates a small hot
+            // table many times leaves many row versions, which a sequential scan would
+            // revisit on every statement.
+            // No JIT: a scan that cannot use an index (a REPLICA IDENTITY FULL table without
+            // one) is costed above 10^10 once seqscans are "disabled", far past every JIT
+            // threshold, and each of its single-row statements then spent about 100 ms
+            // compiling and inlining code it used once.
+            .batch_execute(
+                "SET search_path = pg_catalog; SET session_replication_role = replica; \
+                 SET enable_seqscan = off; SET jit = off",
+            )
+            .await
+            .map_err(ctx(
+                "setting session_replication_role = replica on the target (the target role \
+                 must be a superuser, or rds_superuser on RDS/Aurora)",
+            ))?;
+        let begin = client
+            .prepare("BEGIN")
+            .await
+            .map_err(ctx("preparing BEGIN"))?;
+        let commit = client
+            .prepare("COMMIT")
+            .await
+            .map_err(ctx("preparing COMMIT"))?;
+        let progress = client
+            .prepare(crate::cdc::progress::RECORD_SQL)
+            .await
+            .map_err(ctx("preparing the progress update"))?;
+        // Commits need not wait for the target's disk: the position confirmed to the source
+        // waits instead, until the target reports the commit flushed (like PostgreSQL's own
+        // apply worker). Where the target hides its WAL positions, commits are synchronous.
+        let wal_positions = match client
+            .prepare(
+                "SELECT pg_catalog.pg_current_wal_insert_lsn()::text, \
+                        pg_catalog.pg_current_wal_flush_lsn()::text",
+            )
+            .await
+        {
+            Ok(stmt) if client.query_one(&stmt, &[]).await.is_ok() => {
+                client
+                    .batch_execute("SET synchronous_commit = off")
+                    .await
+                    .map_err(ctx("setting synchronous_commit = off on the target"))?;
+                Some(stmt)
+            }
+            _ => {
+                tracing::info!(
+                    "the target does not report its WAL positions; commits are synchronous"
+                );
+                None
+            }
+        };
+        Ok(Lane {
+            client: Arc::new(client),
+            begin,
+            commit,
+            progress,
+            wal_positions,
+            inflight: VecDeque::new(),
+            open: false,
+            commits: 0,
+            missing: 0,
+            named: HashMap::new(),
+            extended: HashMap::new(),
+            prepared: 0,
+            script: String::new(),
+            script_expect: Vec::new(),
+        })
+    }
+}

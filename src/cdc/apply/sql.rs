@@ -1,0 +1,497 @@
+//! The statements of the apply: a buffered change as a statement's kind and parameters, the
+//! SQL for each kind (one row, or many rows through array parameters), and the parameters'
+//! wire forms (text arrays, or binary integer arrays where both sides' column types allow).
+//! Pure functions of a table's shape and the values, unit-tested below; the sessions that
+//! send them are in `lane.rs`.
+
+use bytes::{Bytes, BytesMut};
+use postgres_protocol::types::{ArrayDimension, array_to_sql};
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+
+use super::{ApplyError, bad_value};
+use crate::cdc::coalesce::{Change, RowKeys};
+use crate::cdc::relation::{RelInfo, Wire};
+use crate::pg::{quote_ident, quote_literal};
+
+/// A text value (or NULL) as an SQL literal.
+pub(super) fn literal(rel: &RelInfo, v: &Option<Bytes>) -> Result<String, ApplyError> {
+    match v {
+        None => Ok("NULL".into()),
+        Some(b) => Ok(quote_literal(utf8(rel, b)?)),
+    }
+}
+
+/// A column of a run, bound to an array parameter in binary form: `text[]` with the values
+/// as they came, or an integer array (see [`Wire`]).
+#[derive(Debug)]
+pub(super) struct ArrayParam {
+    pub(super) wire: Wire,
+    pub(super) values: Vec<Option<Bytes>>,
+}
+
+impl ArrayParam {
+    fn element(&self) -> Type {
+        match self.wire {
+            Wire::Text => Type::TEXT,
+            Wire::Int2 => Type::INT2,
+            Wire::Int4 => Type::INT4,
+            Wire::Int8 => Type::INT8,
+        }
+    }
+}
+
+/// An integer's canonical text (what PostgreSQL's output function writes) as `T`.
+pub(super) fn parse_int<T: std::str::FromStr>(
+    b: &[u8],
+) -> Result<T, Box<dyn std::error::Error + Sync + Send>> {
+    std::str::from_utf8(b)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "the stream sent {:?} for an integer column",
+                String::from_utf8_lossy(&b[..b.len().min(40)])
+            )
+            .into()
+        })
+}
+
+impl ToSql for ArrayParam {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        let dim = ArrayDimension {
+            len: i32::try_from(self.values.len())?,
+            lower_bound: 1,
+        };
+        let wire = self.wire;
+        array_to_sql(
+            Some(dim),
+            self.element().oid(),
+            self.values.iter(),
+            |v, buf| {
+                let Some(b) = v else {
+                    return Ok(postgres_protocol::IsNull::Yes);
+                };
+                match wire {
+                    Wire::Text => buf.extend_from_slice(b),
+                    Wire::Int2 => buf.extend_from_slice(&parse_int::<i16>(b)?.to_be_bytes()),
+                    Wire::Int4 => buf.extend_from_slice(&parse_int::<i32>(b)?.to_be_bytes()),
+                    Wire::Int8 => buf.extend_from_slice(&parse_int::<i64>(b)?.to_be_bytes()),
+                }
+                Ok(postgres_protocol::IsNull::No)
+            },
+            out,
+        )?;
+        Ok(IsNull::No)
+    }
+    fn accepts(ty: &Type) -> bool {
+        [
+            Type::TEXT_ARRAY,
+            Type::INT2_ARRAY,
+            Type::INT4_ARRAY,
+            Type::INT8_ARRAY,
+        ]
+        .contains(ty)
+    }
+    to_sql_checked!();
+}
+
+pub(super) fn utf8<'a>(rel: &RelInfo, b: &'a Bytes) -> Result<&'a str, ApplyError> {
+    std::str::from_utf8(b).map_err(|_| bad_value(rel, "a value is not valid UTF-8"))
+}
+
+/// What a statement does, for one table shape. Masks say which columns take part.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Kind {
+    Insert,
+    /// Identity key; `set` excludes unchanged TOAST columns.
+    Update {
+        set: Vec<bool>,
+    },
+    Delete,
+    /// REPLICA IDENTITY FULL: match the first row equal on the `old` columns.
+    FullUpdate {
+        old: Vec<bool>,
+        set: Vec<bool>,
+    },
+    FullDelete {
+        old: Vec<bool>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct StmtKey {
+    pub(super) relid: u32,
+    pub(super) generation: u64,
+    pub(super) kind: Kind,
+    pub(super) multi: bool,
+}
+
+/// The [`super::super::coalesce::key_hash`]es of the keys an update touches (a run must not touch a key twice).
+pub(super) type Touched = [Option<u64>; 2];
+
+/// A buffered change as one statement's kind and parameters (SET or inserted values, then
+/// the key or old values), and the keys it touches.
+pub(super) fn statement_of(change: Change, keys: RowKeys) -> (Kind, Vec<Option<Bytes>>, Touched) {
+    match change {
+        Change::Insert(row) => (Kind::Insert, row, [None; 2]),
+        Change::Update {
+            set,
+            mut row,
+            old_key,
+            new_key,
+        } => {
+            let where_key = old_key.unwrap_or(new_key);
+            // The SET values, in place, then the key.
+            let mut at = 0;
+            row.retain(|_| {
+                at += 1;
+                set[at - 1]
+            });
+            row.extend(where_key);
+            (Kind::Update { set }, row, keys)
+        }
+        Change::Delete(key) => (Kind::Delete, key, [None; 2]),
+        Change::FullUpdate { old, set, values } => {
+            (Kind::FullUpdate { old, set }, values, [None; 2])
+        }
+        Change::FullDelete { old, values } => (Kind::FullDelete { old }, values, [None; 2]),
+    }
+}
+
+/// The column each parameter of a multi-row statement carries, in order (see
+/// [`statement_of`] for the values and [`statement_sql`] for the statement).
+pub(super) fn param_columns(rel: &RelInfo, kind: &Kind) -> Vec<usize> {
+    match kind {
+        Kind::Insert => (0..rel.columns.len()).collect(),
+        Kind::Update { set } => (0..rel.columns.len())
+            .filter(|&i| set[i])
+            .chain(rel.key.iter().copied())
+            .collect(),
+        Kind::Delete => rel.key.clone(),
+        // Changed one row at a time, never in a multi-row statement.
+        Kind::FullUpdate { .. } | Kind::FullDelete { .. } => Vec::new(),
+    }
+}
+
+/// The SQL of one statement. Parameters are text (`$n::text`) or arrays, in this order:
+/// SET or inserted columns, then key or old-row columns.
+pub(super) fn statement_sql(rel: &RelInfo, kind: &Kind, multi: bool) -> String {
+    let t = rel.table.to_string();
+    let all: Vec<usize> = (0..rel.columns.len()).collect();
+    let picked =
+        |mask: &[bool]| -> Vec<usize> { all.iter().copied().filter(|&i| mask[i]).collect() };
+    let col = |i: usize| quote_ident(&rel.columns[i].name);
+    let cast = |i: usize| rel.columns[i].cast.as_str();
+    let array = |i: usize| rel.columns[i].wire.array_type();
+    let mut n = 0;
+    let mut param = || {
+        n += 1;
+        n
+    };
+    match (kind, multi) {
+        (Kind::Insert, false) => {
+            let cols: Vec<String> = all.iter().map(|&i| col(i)).collect();
+            let vals: Vec<String> = all
+                .iter()
+                .map(|&i| format!("${}::text::{}", param(), cast(i)))
+                .collect();
+            format!(
+                "INSERT INTO {t} ({}){} VALUES ({})",
+                cols.join(", "),
+                overriding(rel),
+                vals.join(", ")
+            )
+        }
+        (Kind::Insert, true) => {
+            let cols: Vec<String> = all.iter().map(|&i| col(i)).collect();
+            let arrays: Vec<String> = all
+                .iter()
+                .map(|&i| format!("${}::{}", param(), array(i)))
+                .collect();
+            let names: Vec<String> = all.iter().map(|i| format!("p{i}")).collect();
+            let vals: Vec<String> = all
+                .iter()
+                .map(|&i| format!("v.p{i}::{}", cast(i)))
+                .collect();
+            format!(
+                "INSERT INTO {t} ({}){} SELECT {} FROM unnest({}) AS v({})",
+                cols.join(", "),
+                overriding(rel),
+                vals.join(", "),
+                arrays.join(", "),
+                names.join(", ")
+            )
+        }
+        (Kind::Update { set }, false) => {
+            let sets: Vec<String> = picked(set)
+                .into_iter()
+                .map(|i| format!("{} = ${}::text::{}", col(i), param(), cast(i)))
+                .collect();
+            let conds: Vec<String> = rel
+                .key
+                .iter()
+                .map(|&i| format!("{} = ${}::text::{}", col(i), param(), cast(i)))
+                .collect();
+            format!(
+                "UPDATE ONLY {t} SET {} WHERE {}",
+                sets.join(", "),
+                conds.join(" AND ")
+            )
+        }
+        (Kind::Update { set }, true) => {
+            let set_cols = picked(set);
+            let mut arrays = Vec::new();
+            let mut names = Vec::new();
+            for &i in &set_cols {
+                arrays.push(format!("${}::{}", param(), array(i)));
+                names.push(format!("p{i}"));
+            }
+            for &i in &rel.key {
+                arrays.push(format!("${}::{}", param(), array(i)));
+                names.push(format!("k{i}"));
+            }
+            let sets: Vec<String> = set_cols
+                .iter()
+                .map(|&i| format!("{} = v.p{i}::{}", col(i), cast(i)))
+                .collect();
+            let conds: Vec<String> = rel
+                .key
+                .iter()
+                .map(|&i| format!("t.{} = v.k{i}::{}", col(i), cast(i)))
+                .collect();
+            format!(
+                "UPDATE ONLY {t} AS t SET {} FROM unnest({}) AS v({}) WHERE {}",
+                sets.join(", "),
+                arrays.join(", "),
+                names.join(", "),
+                conds.join(" AND ")
+            )
+        }
+        (Kind::Delete, false) => {
+            let conds: Vec<String> = rel
+                .key
+                .iter()
+                .map(|&i| format!("{} = ${}::text::{}", col(i), param(), cast(i)))
+                .collect();
+            format!("DELETE FROM ONLY {t} WHERE {}", conds.join(" AND "))
+        }
+        (Kind::Delete, true) => {
+            let arrays: Vec<String> = rel
+                .key
+                .iter()
+                .map(|&i| format!("${}::{}", param(), array(i)))
+                .collect();
+            let names: Vec<String> = rel.key.iter().map(|i| format!("k{i}")).collect();
+            let conds: Vec<String> = rel
+                .key
+                .iter()
+                .map(|&i| format!("t.{} = v.k{i}::{}", col(i), cast(i)))
+                .collect();
+            format!(
+                "DELETE FROM ONLY {t} AS t USING unnest({}) AS v({}) WHERE {}",
+                arrays.join(", "),
+                names.join(", "),
+                conds.join(" AND ")
+            )
+        }
+        (Kind::FullUpdate { old, set }, _) => {
+            let sets: Vec<String> = picked(set)
+                .into_iter()
+                .map(|i| format!("{} = ${}::text::{}", col(i), param(), cast(i)))
+                .collect();
+            let matched = full_match(rel, &picked(old), &mut param);
+            format!(
+                "UPDATE ONLY {t} SET {} WHERE ctid = {matched}",
+                sets.join(", ")
+            )
+        }
+        (Kind::FullDelete { old }, _) => {
+            let matched = full_match(rel, &picked(old), &mut param);
+            format!("DELETE FROM ONLY {t} WHERE ctid = {matched}")
+        }
+    }
+}
+
+pub(super) fn overriding(rel: &RelInfo) -> &'static str {
+    if rel.columns.iter().any(|c| c.always_identity) {
+        " OVERRIDING SYSTEM VALUE"
+    } else {
+        ""
+    }
+}
+
+/// `(SELECT ctid ... LIMIT 1)` of the first row equal to the old values. Values are compared
+/// in the target type's text form, so types without an equality operator (json, point, xml)
+/// match too, and NULL matches NULL.
+pub(super) fn full_match(
+    rel: &RelInfo,
+    cols: &[usize],
+    param: &mut impl FnMut() -> usize,
+) -> String {
+    let t = rel.table.to_string();
+    let conds: Vec<String> = cols
+        .iter()
+        .map(|&i| {
+            format!(
+                "s.{c}::text IS NOT DISTINCT FROM (${p}::text::{ty})::text",
+                c = quote_ident(&rel.columns[i].name),
+                p = param(),
+                ty = rel.columns[i].cast
+            )
+        })
+        .collect();
+    let conds = if conds.is_empty() {
+        "true".to_string()
+    } else {
+        conds.join(" AND ")
+    };
+    format!("(SELECT s.ctid FROM ONLY {t} AS s WHERE {conds} LIMIT 1)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cdc::relation::ColInfo;
+    use crate::pg::{Lsn, TableName};
+
+    fn rel(identity: u8) -> RelInfo {
+        let c = |name: &str, cast: &str, key: bool| ColInfo {
+            name: name.into(),
+            cast: cast.into(),
+            key,
+            always_identity: false,
+            wire: Wire::Text,
+        };
+        RelInfo {
+            relid: 1,
+            table: TableName::new("app", "Odd \"name\""),
+            identity,
+            columns: vec![
+                c("id", "integer", true),
+                c("note", "text", false),
+                c("doc", "jsonb", false),
+            ],
+            key: vec![0],
+            skip_before: Lsn(0),
+            extra_unique: false,
+            ordered: false,
+            generation: 1,
+        }
+    }
+
+    #[test]
+    fn statements_quote_names_and_number_parameters_in_order() {
+        let r = rel(b'd');
+        assert_eq!(
+            statement_sql(&r, &Kind::Insert, false),
+            "INSERT INTO \"app\".\"Odd \"\"name\"\"\" (\"id\", \"note\", \"doc\") VALUES ($1::text::integer, \
+             $2::text::text, $3::text::jsonb)"
+        );
+        let upd = Kind::Update {
+            set: vec![true, false, true],
+        };
+        assert_eq!(
+            statement_sql(&r, &upd, false),
+            "UPDATE ONLY \"app\".\"Odd \"\"name\"\"\" SET \"id\" = $1::text::integer, \"doc\" = \
+             $2::text::jsonb WHERE \"id\" = $3::text::integer"
+        );
+        assert_eq!(
+            statement_sql(&r, &upd, true),
+            "UPDATE ONLY \"app\".\"Odd \"\"name\"\"\" AS t SET \"id\" = v.p0::integer, \"doc\" = \
+             v.p2::jsonb FROM unnest($1::text[], $2::text[], $3::text[]) AS v(p0, p2, k0) \
+             WHERE t.\"id\" = v.k0::integer"
+        );
+        assert_eq!(
+            statement_sql(&r, &Kind::Delete, true),
+            "DELETE FROM ONLY \"app\".\"Odd \"\"name\"\"\" AS t USING unnest($1::text[]) AS v(k0) \
+             WHERE t.\"id\" = v.k0::integer"
+        );
+        // Integer columns of the same built-in type on both sides travel as integer arrays.
+        let mut typed = rel(b'd');
+        typed.columns[0].wire = Wire::Int4;
+        assert_eq!(
+            statement_sql(&typed, &upd, true),
+            "UPDATE ONLY \"app\".\"Odd \"\"name\"\"\" AS t SET \"id\" = v.p0::integer, \"doc\" = \
+             v.p2::jsonb FROM unnest($1::int4[], $2::text[], $3::int4[]) AS v(p0, p2, k0) \
+             WHERE t.\"id\" = v.k0::integer"
+        );
+        assert_eq!(param_columns(&typed, &upd), vec![0, 2, 0]);
+        let full = Kind::FullDelete {
+            old: vec![true, true, false],
+        };
+        assert_eq!(
+            statement_sql(&rel(b'f'), &full, false),
+            "DELETE FROM ONLY \"app\".\"Odd \"\"name\"\"\" WHERE ctid = (SELECT s.ctid FROM ONLY \
+             \"app\".\"Odd \"\"name\"\"\" AS s WHERE s.\"id\"::text IS NOT DISTINCT FROM \
+             ($1::text::integer)::text AND s.\"note\"::text IS NOT DISTINCT FROM \
+             ($2::text::text)::text LIMIT 1)"
+        );
+    }
+
+    /// The elements of a one-dimensional binary array: (element type, each value's bytes).
+    fn elements(buf: &[u8]) -> (u32, Vec<Option<Vec<u8>>>) {
+        let int = |at: usize| i32::from_be_bytes(buf[at..at + 4].try_into().unwrap());
+        assert_eq!(int(0), 1, "one dimension");
+        let (elem, len) = (int(8) as u32, int(12) as usize);
+        let mut at = 20;
+        let mut out = Vec::new();
+        for _ in 0..len {
+            let n = int(at);
+            at += 4;
+            if n < 0 {
+                out.push(None);
+            } else {
+                out.push(Some(buf[at..at + n as usize].to_vec()));
+                at += n as usize;
+            }
+        }
+        (elem, out)
+    }
+
+    #[test]
+    fn integer_arrays_are_sent_in_binary_and_refuse_what_is_not_an_integer() {
+        let values = |v: &[Option<&str>]| -> Vec<Option<Bytes>> {
+            v.iter()
+                .map(|x| x.map(|s| Bytes::copy_from_slice(s.as_bytes())))
+                .collect()
+        };
+        let encode = |wire: Wire, v: &[Option<&str>]| {
+            let mut out = BytesMut::new();
+            ArrayParam {
+                wire,
+                values: values(v),
+            }
+            .to_sql(&Type::TEXT_ARRAY, &mut out)
+            .map(|_| elements(&out))
+        };
+        let (elem, got) = encode(Wire::Int4, &[Some("42"), None, Some("-2147483648")]).unwrap();
+        assert_eq!(elem, Type::INT4.oid());
+        assert_eq!(
+            got,
+            vec![
+                Some(42i32.to_be_bytes().to_vec()),
+                None,
+                Some(i32::MIN.to_be_bytes().to_vec())
+            ]
+        );
+        let (elem, got) = encode(Wire::Int8, &[Some("9223372036854775807")]).unwrap();
+        assert_eq!(elem, Type::INT8.oid());
+        assert_eq!(got, vec![Some(i64::MAX.to_be_bytes().to_vec())]);
+        let (elem, got) = encode(Wire::Int2, &[Some("-7")]).unwrap();
+        assert_eq!(elem, Type::INT2.oid());
+        assert_eq!(got, vec![Some((-7i16).to_be_bytes().to_vec())]);
+        // Text goes as it came, NULL stays NULL and '' stays ''.
+        let (elem, got) = encode(Wire::Text, &[Some(""), None, Some("x")]).unwrap();
+        assert_eq!(elem, Type::TEXT.oid());
+        assert_eq!(got, vec![Some(vec![]), None, Some(b"x".to_vec())]);
+
+        for bad in ["1.5", "", "99999999999", "abc", " 1"] {
+            let err = encode(Wire::Int4, &[Some(bad)]).expect_err(bad);
+            assert!(err.to_string().contains("integer column"), "{bad}: {err}");
+        }
+    }
+}
