@@ -1361,3 +1361,96 @@ async fn random_writers_meeting_on_the_same_rows_converge_through_kills() {
     assert_eq!(a, b, "seed {seed}: the target differs from the source");
     drop(daemon);
 }
+
+/// pgoutput describes a table again after each VACUUM or ANALYZE of it on the source. The
+/// same description keeps what was checked (no catalog read on the target, whose session may
+/// be busy with a batch; the same generation, so no statement is prepared again); a
+/// different one is checked against the target again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_described_again_unchanged_is_not_checked_again() {
+    use pgcutover::cdc::decode::{Message, Relation, decode};
+    use pgcutover::cdc::relation::{RelationCache, RelationError};
+    use pgcutover::pg::{Lsn, TableName};
+
+    let pair = Pair::start().await;
+    let src = pair.src().await;
+    src.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         CREATE PUBLICATION p FOR TABLE t;",
+    )
+    .await
+    .unwrap();
+    src.query_one(
+        "SELECT pg_create_logical_replication_slot('s', 'pgoutput')",
+        &[],
+    )
+    .await
+    .unwrap();
+    // What the source sends: the same description before and after a VACUUM and an ANALYZE
+    // (commits flushed at once: decoding reads only flushed WAL).
+    run_each(
+        &src,
+        &[
+            "SET synchronous_commit = on",
+            "INSERT INTO t VALUES (1, 'a')",
+            "ANALYZE t",
+            "INSERT INTO t VALUES (2, 'b')",
+            "VACUUM t",
+            "INSERT INTO t VALUES (3, 'c')",
+            "INSERT INTO t VALUES (4, 'd')",
+        ],
+    )
+    .await;
+    let messages: Vec<Message> = src
+        .query(
+            "SELECT data FROM pg_logical_slot_peek_binary_changes('s', NULL, NULL,
+                'proto_version', '1', 'publication_names', 'p')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| decode(r.get::<_, Vec<u8>>(0).into()).unwrap())
+        .collect();
+    let relations: Vec<Relation> = messages
+        .iter()
+        .filter_map(|m| match m {
+            Message::Relation(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(messages.len(), 15, "{messages:?}");
+    assert_eq!(relations.len(), 3, "{messages:?}");
+    assert!(relations.iter().all(|r| *r == relations[0]));
+
+    let tgt = pair.tgt().await;
+    tgt.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let snapshots = [(TableName::new("public", "t"), Lsn(0))].into();
+    let mut cache = RelationCache::default();
+    let first = cache
+        .describe(&tgt, &relations[0], &snapshots)
+        .await
+        .unwrap();
+    // Gone from the target: only a description that is checked again can notice.
+    tgt.batch_execute("DROP TABLE t").await.unwrap();
+    let again = cache
+        .describe(&tgt, &relations[2], &snapshots)
+        .await
+        .unwrap();
+    assert!(Arc::ptr_eq(&first, &again));
+    assert_eq!(again.generation, first.generation);
+    // What ALTER TABLE t REPLICA IDENTITY FULL would send.
+    let mut full = relations[0].clone();
+    full.replica_identity = b'f';
+    full.columns.iter_mut().for_each(|c| c.key = true);
+    let err = cache.describe(&tgt, &full, &snapshots).await.unwrap_err();
+    assert!(
+        matches!(err, RelationError::MissingOnTarget { .. }),
+        "{err}"
+    );
+    src.query_one("SELECT pg_drop_replication_slot('s')", &[])
+        .await
+        .unwrap();
+}

@@ -169,7 +169,8 @@ struct TargetColumn {
 
 #[derive(Default)]
 pub struct RelationCache {
-    rels: HashMap<u32, Arc<RelInfo>>,
+    /// Each relation's last Relation message, and what was made of it.
+    rels: HashMap<u32, (Relation, Arc<RelInfo>)>,
     /// Non-built-in types the stream described: oid → (schema, name).
     types: HashMap<u32, (String, String)>,
     generation: u64,
@@ -179,6 +180,7 @@ impl RelationCache {
     pub fn get(&self, relid: u32) -> Result<&Arc<RelInfo>, RelationError> {
         self.rels
             .get(&relid)
+            .map(|(_, info)| info)
             .ok_or(RelationError::Unknown { relid })
     }
 
@@ -187,12 +189,24 @@ impl RelationCache {
     }
 
     /// Check a Relation message against the target and remember it.
+    ///
+    /// pgoutput sends a relation's description again after every invalidation of the table
+    /// on the source: each VACUUM and ANALYZE (autovacuum's included), an index built, any
+    /// DDL. The same description as last time keeps what was checked then. Checking it again
+    /// would stall the apply (the catalog read queues behind the statements in flight on the
+    /// session) and, under a new generation, prepare the table's statements anew on every
+    /// session, without end over a long stream. A new session checks everything afresh.
     pub async fn describe(
         &mut self,
         target: &Client,
         rel: &Relation,
         snapshots: &BTreeMap<TableName, Lsn>,
     ) -> Result<Arc<RelInfo>, RelationError> {
+        if let Some((seen, info)) = self.rels.get(&rel.relid)
+            && seen == rel
+        {
+            return Ok(info.clone());
+        }
         let table = TableName::new(rel.namespace.clone(), rel.name.clone());
         let skip_before = *snapshots
             .get(&table)
@@ -245,7 +259,7 @@ impl RelationCache {
             ordered,
             generation: self.generation,
         });
-        self.rels.insert(rel.relid, info.clone());
+        self.rels.insert(rel.relid, (rel.clone(), info.clone()));
         Ok(info)
     }
 
