@@ -336,26 +336,33 @@ metric pgcutover_peak_rss "$(calc "$PEAK_KB/1024" 1)" MB
 for k in native.bulk.ws native.bulk.apply pgcutover.bulk.ws pgcutover.bulk.apply pgcutover.bulk.daemon native.bulk.wall pgcutover.bulk.wall; do
   CPU_MED[$k]=$(med ${CPU_OF[$k]})
 done
-# shellcheck disable=SC2086
-WS_MIN=$(minof ${CPU_OF[native.bulk.ws]} ${CPU_OF[pgcutover.bulk.ws]})
-FLOOR=$(med "${FLOOR_CPU[@]}")
-BOUND=$(calc "($WS_MIN + $FLOOR) / 2" 2)
-metric floor_bulk_cpu_s "$FLOOR" s; metric walsender_bulk_cpu_s_min "$WS_MIN" s
-metric bound_bulk_seconds "$BOUND" s; metric bound_bulk_rows_per_s "$(calc "$BULK_ROWS/$BOUND" 0)" rows/s
+if [ "${CATCHUP:-1}" != 0 ]; then
+  # shellcheck disable=SC2086
+  WS_MIN=$(minof ${CPU_OF[native.bulk.ws]} ${CPU_OF[pgcutover.bulk.ws]})
+  FLOOR=$(med "${FLOOR_CPU[@]}")
+  BOUND=$(calc "($WS_MIN + $FLOOR) / 2" 2)
+  metric floor_bulk_cpu_s "$FLOOR" s; metric walsender_bulk_cpu_s_min "$WS_MIN" s
+  metric bound_bulk_seconds "$BOUND" s; metric bound_bulk_rows_per_s "$(calc "$BULK_ROWS/$BOUND" 0)" rows/s
+fi
 
 pct() { calc "100*($1-$TPS_BASE)/$TPS_BASE" 1; }
 {
   echo
   echo "| SCALE=$SCALE, pgbench -c$CLIENTS -j$THREADS -T$PGBENCH_T, medians of $REPS rounds | native subscription | **pgcutover** |"
   echo "| --- | --- | --- |"
+  # Each half's rows only when it ran (LIVE=0 or CATCHUP=0 leaves one out).
+  if [ "${LIVE:-1}" != 0 ]; then
   echo "| source TPS (no replication: $TPS_BASE) | $TPS_NATIVE ($(pct "$TPS_NATIVE") %) | $TPS_OURS ($(pct "$TPS_OURS") %) |"
   echo "| replication CPU per 1000 source transactions (ms) | $CPU_NATIVE | $CPU_OURS ($(calc "$CPU_OURS/$CPU_NATIVE" 2)x) |"
   echo "| slot lag under pgbench, median / max (bytes) | $NATIVE_LAG_MED / $NATIVE_LAG_MAX | $OURS_LAG_MED / $OURS_LAG_MAX |"
   echo "| end-to-end lag under pgbench, p50 / p99 / max (s) | – | $HB_P50 / $HB_P99 / $HB_MAX |"
+  fi
+  if [ "${CATCHUP:-1}" != 0 ]; then
   echo "| catch-up, pgbench backlog ($((N_TX / CLIENTS * CLIENTS * 4)) changes) | ${RATE[native.pgbench]} rows/s | ${RATE[pgcutover.pgbench]} rows/s ($(calc "${RATE[pgcutover.pgbench]}/${RATE[native.pgbench]}" 2)x) |"
   echo "| catch-up, bulk backlog ($BULK_ROWS rows, $BATCH-row txns) | ${RATE[native.bulk]} rows/s | ${RATE[pgcutover.bulk]} rows/s ($(calc "${RATE[pgcutover.bulk]}/${RATE[native.bulk]}" 2)x) |"
-  echo "| daemon peak RSS | – | $(calc "$PEAK_KB/1024" 1) MB |"
   echo "| bulk catch-up: seconds; CPU s of walsender / apply / daemon | ${CPU_MED[native.bulk.wall]}; ${CPU_MED[native.bulk.ws]} / ${CPU_MED[native.bulk.apply]} / – | ${CPU_MED[pgcutover.bulk.wall]}; ${CPU_MED[pgcutover.bulk.ws]} / ${CPU_MED[pgcutover.bulk.apply]} / ${CPU_MED[pgcutover.bulk.daemon]} |"
   echo "| floor: the bulk's rows updated by key in 2 sessions, nothing decoded (CPU s) | $FLOOR | |"
   echo "| bound for any consumer on $(nproc) cores: (least walsender CPU $WS_MIN + floor) / $(nproc) | $BOUND s = $(calc "$BULK_ROWS/$BOUND" 0) rows/s = $(calc "$BULK_ROWS/$BOUND/${RATE[native.bulk]}" 2)x native | |"
+  fi
+  echo "| daemon peak RSS | – | $(calc "$PEAK_KB/1024" 1) MB |"
 } | tee -a "$RESULT_FILE"

@@ -54,16 +54,17 @@
 //!   `CommandComplete`s, and an error names the statement it stopped at. Values are quoted as
 //!   SQL literals ([`crate::pg::quote_literal`]).
 //! * **Multi-row runs in the extended protocol.** A run of several rows (below) is one
-//!   statement whose parameters are binary arrays (`text[]`, or `int4[]` and the like): its Sync is paid once for up to
-//!   [`MAX_RUN`] rows, and binary arrays spare the target parsing array literals (a script
-//!   with array literals was measured 10–25 % slower on the bulk backlog).
+//!   statement whose parameters are binary arrays (`text[]`, or `int4[]` and the like): its
+//!   Sync is paid once for up to [`MAX_RUN`] rows, and binary arrays spare the target parsing
+//!   array literals (a script with array literals was measured 10–25 % slower on the bulk
+//!   backlog).
 //! * **Pipelining.** Scripts, runs and the few other statements (BEGIN, the progress row,
 //!   COMMIT, TRUNCATE) are sent without waiting for the previous one's answer; answers are read
 //!   later, in order (a batch's statements are still on their way when the next one opens).
 //!   Order is guaranteed because a tokio-postgres request is written to the connection the
 //!   first time its future is polled, and [`Applier`] polls each one right after creating it.
 //! * **Runs.** Consecutive changes of one kind to one table (a *run*) go out as one statement
-//!   over `unnest()`ed text arrays. A run never holds two changes to the same key
+//!   over `unnest()`ed arrays. A run never holds two changes to the same key
 //!   (an UPDATE joined against the table would apply only one of them), and tables with unique
 //!   or exclusion constraints besides the identity are updated row by row, because PostgreSQL
 //!   checks those row by row inside a statement and could fail on an order the source never
@@ -758,7 +759,9 @@ impl Applier {
             self.run = Some(Run {
                 rel: rel.clone(),
                 kind,
-                columns: vec![Vec::with_capacity(size); values.len()],
+                columns: (0..values.len())
+                    .map(|_| Vec::with_capacity(size))
+                    .collect(),
                 rows: 0,
                 keys: KeySet::with_capacity_and_hasher(size, Default::default()),
                 limit,
