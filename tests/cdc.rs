@@ -1454,3 +1454,53 @@ async fn a_table_described_again_unchanged_is_not_checked_again() {
         .await
         .unwrap();
 }
+
+/// A target whose WAL flush position never moves (a PostgreSQL-compatible service can report
+/// one) gets synchronous commits, and the source's slot still moves on: otherwise no position
+/// would ever be confirmed, and the source would keep its WAL without end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_whose_flush_position_never_moves_gets_synchronous_commits() {
+    let pair = Pair::start().await;
+    let src = pair.src().await;
+    src.batch_execute(
+        "CREATE TABLE marker (id serial PRIMARY KEY);
+         CREATE TABLE t (id int PRIMARY KEY, v text);",
+    )
+    .await
+    .unwrap();
+    // The target database's own flush position, stuck (a superuser may replace it there).
+    pair.tgt()
+        .await
+        .batch_execute(
+            "CREATE OR REPLACE FUNCTION pg_catalog.pg_current_wal_flush_lsn() RETURNS pg_lsn
+               LANGUAGE sql AS $$ SELECT '0/1000'::pg_lsn $$",
+        )
+        .await
+        .unwrap();
+    let (addr, stop, server) = start_daemon(&pair, "").await;
+    let tgt = pair.tgt().await;
+    wait_caught_up(&src, &tgt, LIMIT).await;
+    src.batch_execute("INSERT INTO t SELECT g, 'x' FROM generate_series(1, 1000) g")
+        .await
+        .unwrap();
+    let written = source_lsn(&src).await;
+    wait_caught_up(&src, &tgt, LIMIT).await;
+    wait_for(
+        LIMIT,
+        "the slot to be confirmed past the writes",
+        || async {
+            src.query_one(
+                "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots",
+                &[&written],
+            )
+            .await
+            .unwrap()
+            .get(0)
+        },
+    )
+    .await;
+    assert_eq!(get(addr, "/status").await.1["stage"], "cdc");
+    assert_same(&pair).await;
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

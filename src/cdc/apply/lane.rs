@@ -12,7 +12,10 @@ use tokio_postgres::{Client, Statement};
 use super::Committed;
 use super::sql::StmtKey;
 use crate::cdc::relation::RelInfo;
-use crate::pg::SqlError;
+use crate::pg::{Lsn, SqlError};
+
+/// How long [`Lane::flush_moves`] waits for the target to flush a commit.
+pub(super) const FLUSH_PROBE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What a statement is about: the rows it must touch (updates and deletes; 0 for the rest)
 /// and the tables it changes, named in errors and warnings.
@@ -95,6 +98,55 @@ impl Lane {
         }
     }
 
+    /// Whether the target's WAL flush position reaches a commit made now, within
+    /// [`FLUSH_PROBE`]. PostgreSQL flushes an asynchronous commit within three
+    /// `wal_writer_delay`s; a server that reports a flush position that never moves (a
+    /// PostgreSQL-compatible service can) would hold every confirmation to the source back,
+    /// and the source would keep its WAL without end.
+    pub(super) async fn flush_moves(&self) -> bool {
+        let Some(positions) = &self.wal_positions else {
+            return false;
+        };
+        let read = |i: usize| async move {
+            let row = self.client.query_one(positions, &[]).await.ok()?;
+            row.get::<_, String>(i).parse::<Lsn>().ok()
+        };
+        // An xid makes the transaction write a commit record: an asynchronous commit of
+        // nothing, like a batch's.
+        if self
+            .client
+            .batch_execute("SELECT pg_catalog.txid_current()")
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        let Some(committed) = read(0).await else {
+            return false;
+        };
+        let deadline = tokio::time::Instant::now() + FLUSH_PROBE;
+        while tokio::time::Instant::now() < deadline {
+            match read(1).await {
+                Some(flushed) if flushed >= committed && flushed > Lsn::ZERO => return true,
+                Some(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                None => return false,
+            }
+        }
+        false
+    }
+
+    /// From now on, commits wait for the target's disk, and are durable once answered.
+    pub(super) async fn commit_synchronously(&mut self) -> Result<(), SqlError> {
+        self.wal_positions = None;
+        self.client
+            .batch_execute("SET synchronous_commit = on")
+            .await
+            .map_err(|source| SqlError {
+                context: "setting synchronous_commit = on on the target".into(),
+                source,
+            })
+    }
+
     /// Prepare a session. The client must come from [`crate::pg::conn::ConnInfo::connect`].
     pub(super) async fn open(client: Client) -> Result<Lane, SqlError> {
         let ctx = |what: &'static str| {
@@ -136,7 +188,8 @@ impl Lane {
             .map_err(ctx("preparing the progress update"))?;
         // Commits need not wait for the target's disk: the position confirmed to the source
         // waits instead, until the target reports the commit flushed (like PostgreSQL's own
-        // apply worker). Where the target hides its WAL positions, commits are synchronous.
+        // apply worker). Where the target hides its WAL positions, or they do not move (see
+        // `Lane::flush_moves`), commits are synchronous.
         let wal_positions = match client
             .prepare(
                 "SELECT pg_catalog.pg_current_wal_insert_lsn()::text, \
@@ -144,13 +197,7 @@ impl Lane {
             )
             .await
         {
-            Ok(stmt) if client.query_one(&stmt, &[]).await.is_ok() => {
-                client
-                    .batch_execute("SET synchronous_commit = off")
-                    .await
-                    .map_err(ctx("setting synchronous_commit = off on the target"))?;
-                Some(stmt)
-            }
+            Ok(stmt) if client.query_one(&stmt, &[]).await.is_ok() => Some(stmt),
             _ => {
                 tracing::info!(
                     "the target does not report its WAL positions; commits are synchronous"
@@ -158,6 +205,11 @@ impl Lane {
                 None
             }
         };
+        let sync = if wal_positions.is_some() { "off" } else { "on" };
+        client
+            .batch_execute(&format!("SET synchronous_commit = {sync}"))
+            .await
+            .map_err(ctx("setting synchronous_commit on the target"))?;
         Ok(Lane {
             client: Arc::new(client),
             begin,

@@ -226,6 +226,16 @@ impl Applier {
             lanes.push(Lane::open(c).await?);
         }
         assert!(!lanes.is_empty(), "the apply needs a target session");
+        if lanes[0].wal_positions.is_some() && !lanes[0].flush_moves().await {
+            tracing::warn!(
+                "the target's WAL flush position did not reach a commit within {} s; \
+                 commits are synchronous",
+                lane::FLUSH_PROBE.as_secs()
+            );
+            for lane in &mut lanes {
+                lane.commit_synchronously().await?;
+            }
+        }
         Ok(Applier {
             lanes,
             migration_id: migration_id.to_string(),
