@@ -1504,3 +1504,86 @@ async fn a_target_whose_flush_position_never_moves_gets_synchronous_commits() {
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// A table described anew (its shape changed on the source and the target already matched)
+/// gets its statements prepared again; those of its older shape are freed, so that the
+/// target sessions do not collect them over a long stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_of_an_older_shape_of_a_table_are_freed() {
+    use pgcutover::cdc::decode::Value;
+    use pgcutover::cdc::relation::{ColInfo, RelInfo, Wire};
+    use pgcutover::pg::{Lsn, TableName};
+
+    let pair = Pair::start().await;
+    let tgt = pair.tgt().await;
+    pgcutover::load::progress::ensure_migration(&tgt, "m", "pgc_slot", "pgc_pub")
+        .await
+        .unwrap();
+    tgt.batch_execute("CREATE TABLE public.wide (id int PRIMARY KEY, v int NOT NULL)")
+        .await
+        .unwrap();
+    let mut applier = pgcutover::cdc::apply::Applier::new(vec![pair.tgt().await], "m")
+        .await
+        .unwrap();
+    let shape = |generation: u64| {
+        let col = |name: &str, key: bool| ColInfo {
+            name: name.into(),
+            cast: "integer".into(),
+            key,
+            always_identity: false,
+            wire: Wire::Int4,
+        };
+        Arc::new(RelInfo {
+            relid: 1,
+            table: TableName::new("public", "wide"),
+            identity: b'd',
+            columns: vec![col("id", true), col("v", false)],
+            key: vec![0],
+            skip_before: Lsn(0),
+            extra_unique: false,
+            ordered: false,
+            generation,
+        })
+    };
+    let row = |id: i32, v: i32| {
+        vec![
+            Value::Text(id.to_string().into()),
+            Value::Text(v.to_string().into()),
+        ]
+    };
+    // One batch: a single-row insert (a script's PREPARE), then three updates in one run
+    // (an extended-protocol statement), then a single-row delete.
+    let mut counts = Vec::new();
+    for generation in 1..=3 {
+        let rel = shape(generation);
+        applier.forget_older(&rel);
+        let base = i32::try_from(generation).unwrap() * 10;
+        applier.begin().await.unwrap();
+        applier.insert(&rel, row(base, 1)).await.unwrap();
+        for id in base..base + 3 {
+            applier.update(&rel, None, row(id, 2)).await.unwrap();
+        }
+        applier
+            .delete(&rel, (pgcutover::cdc::decode::OldKind::Key, row(base, 0)))
+            .await
+            .unwrap();
+        applier.end_source_txn();
+        applier.commit(Lsn(0x100 * generation)).await.unwrap();
+        applier.settle().await.unwrap();
+        counts.push(
+            scalar(
+                applier.client(),
+                "SELECT count(*) FROM pg_prepared_statements",
+            )
+            .await,
+        );
+    }
+    assert_eq!(
+        counts[0], counts[1],
+        "prepared statements per generation: {counts:?}"
+    );
+    assert_eq!(
+        counts[1], counts[2],
+        "prepared statements per generation: {counts:?}"
+    );
+}

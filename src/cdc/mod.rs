@@ -622,7 +622,8 @@ async fn apply_message(
     let wanted = |skip_before: Lsn| matches!(txn, Some((lsn, false)) if lsn >= skip_before);
     match msg {
         Message::Relation(rel) => {
-            cache.describe(applier.client(), &rel, snapshots).await?;
+            let info = cache.describe(applier.client(), &rel, snapshots).await?;
+            applier.forget_older(&info);
         }
         Message::Type {
             oid,

@@ -258,6 +258,29 @@ impl Applier {
         &self.lanes[0].client
     }
 
+    /// A table was described anew (its shape changed on the source, see
+    /// [`super::relation::RelationCache::describe`]): the statements prepared for its older
+    /// shapes are freed on every session. The extended-protocol ones are closed when the last
+    /// request using them is answered; the scripts' `PREPARE`d ones are deallocated by the
+    /// session's next script, after the statements already queued there.
+    pub fn forget_older(&mut self, rel: &RelInfo) {
+        let stale = |k: &StmtKey| k.relid == rel.relid && k.generation != rel.generation;
+        for lane in &mut self.lanes {
+            lane.extended.retain(|k, _| !stale(k));
+            let mut freed = Vec::new();
+            lane.named.retain(|k, name| {
+                if stale(k) {
+                    freed.push(std::mem::take(name));
+                }
+                !stale(k)
+            });
+            for name in freed {
+                lane.script.push_str(&format!("DEALLOCATE {name};\n"));
+                lane.script_expect.push(None);
+            }
+        }
+    }
+
     pub fn batch(&self) -> Committed {
         self.batch
     }
