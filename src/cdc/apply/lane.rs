@@ -111,8 +111,13 @@ impl Lane {
             let row = self.client.query_one(positions, &[]).await.ok()?;
             row.get::<_, String>(i).parse::<Lsn>().ok()
         };
-        // An xid makes the transaction write a commit record: an asynchronous commit of
-        // nothing, like a batch's.
+        // Everything written so far, then an asynchronous commit of nothing (an xid makes the
+        // transaction write a commit record), which the server flushes, with all before it,
+        // even if nothing else happens. (The position after it could include other sessions'
+        // WAL that an idle server leaves unflushed.)
+        let Some(written) = read(0).await else {
+            return false;
+        };
         if self
             .client
             .batch_execute("SELECT pg_catalog.txid_current()")
@@ -121,13 +126,10 @@ impl Lane {
         {
             return false;
         }
-        let Some(committed) = read(0).await else {
-            return false;
-        };
         let deadline = tokio::time::Instant::now() + FLUSH_PROBE;
         while tokio::time::Instant::now() < deadline {
             match read(1).await {
-                Some(flushed) if flushed >= committed && flushed > Lsn::ZERO => return true,
+                Some(flushed) if flushed >= written && flushed > Lsn::ZERO => return true,
                 Some(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
                 None => return false,
             }
