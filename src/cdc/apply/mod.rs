@@ -80,27 +80,27 @@
 //! one row per change, through `ctid` of the first row that matches the old values, like
 //! PostgreSQL's own apply.
 //!
-//! This module holds the batch logic ([`Applier`]); `sql.rs` turns changes into statements
-//! and parameters, and `lane.rs` is one target session with its requests in flight.
+//! This module holds the batch logic ([`Applier`]: batches, sessions, commits); `change.rs`
+//! turns a decoded row change into a buffered change, `send.rs` sends a batch's changes and
+//! reads the answers, `sql.rs` builds the statements and their parameters, and `lane.rs` is
+//! one target session with its requests in flight.
 
-use std::future::Future;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::Context;
 
-use bytes::Bytes;
 use tokio_postgres::Client;
-use tokio_postgres::types::ToSql;
 
-use super::coalesce::{Buffer, Change, KeySet, Writeset};
-use super::decode::{OldKind, Tuple, Value};
-use super::relation::{RelInfo, Wire};
-use crate::pg::{Lsn, SqlError, error_text};
-use lane::{EndsCommit, Expect, InFlight, Lane, Pending, Subject};
-use sql::{
-    ArrayParam, Kind, StmtKey, Touched, literal, param_columns, statement_of, statement_sql,
-};
+use super::coalesce::{Buffer, Writeset};
+use super::decode::{OldKind, Tuple};
+use super::relation::RelInfo;
+use crate::pg::{Lsn, SqlError};
+use lane::{EndsCommit, Lane, Pending, Subject};
+use send::Run;
+use sql::StmtKey;
 
+mod change;
 mod lane;
+mod send;
 mod sql;
 
 /// Most rows in one multi-row statement.
@@ -155,17 +155,6 @@ fn bad_value(rel: &RelInfo, what: &str) -> ApplyError {
         message: what.into(),
         source: None,
     }
-}
-
-/// Consecutive changes of one kind to one table, column-major.
-struct Run {
-    rel: Arc<RelInfo>,
-    kind: Kind,
-    columns: Vec<Vec<Option<Bytes>>>,
-    rows: usize,
-    /// Keys (old and new) touched by the run's updates.
-    keys: KeySet,
-    limit: usize,
 }
 
 /// Totals of one committed batch.
@@ -300,14 +289,8 @@ impl Applier {
     }
 
     pub async fn insert(&mut self, rel: &Arc<RelInfo>, new: Tuple) -> Result<(), ApplyError> {
-        if new.len() != rel.columns.len() {
-            return Err(bad_value(rel, "insert has the wrong number of columns"));
-        }
-        let mut values = Vec::with_capacity(new.len());
-        for v in new {
-            values.push(text_of(rel, v)?);
-        }
-        self.buffer_change(rel, Change::Insert(values)).await
+        let change = change::insert(rel, new)?;
+        self.buffer_change(rel, change).await
     }
 
     pub async fn update(
@@ -316,87 +299,10 @@ impl Applier {
         old: Option<(OldKind, Tuple)>,
         new: Tuple,
     ) -> Result<(), ApplyError> {
-        if new.len() != rel.columns.len() {
-            return Err(bad_value(rel, "update has the wrong number of columns"));
+        match change::update(rel, old, new)? {
+            Some(change) => self.buffer_change(rel, change).await,
+            None => Ok(()),
         }
-        // Unchanged TOAST keeps the target's value; identity columns cannot be SET.
-        let mut set: Vec<bool> = new
-            .iter()
-            .zip(&rel.columns)
-            .map(|(v, c)| *v != Value::UnchangedToast && !c.always_identity)
-            .collect();
-        if !set.contains(&true) {
-            // Nothing the target can or must change (only kept TOAST and identity columns).
-            return Ok(());
-        }
-        if rel.full_identity() {
-            let mut set_values = Vec::with_capacity(new.len());
-            for (v, s) in new.iter().zip(&set) {
-                if *s {
-                    set_values.push(text_of(rel, v.clone())?);
-                }
-            }
-            let Some((_, old)) = old else {
-                return Err(bad_value(
-                    rel,
-                    "update of a REPLICA IDENTITY FULL table without its old row",
-                ));
-            };
-            let (old_mask, old_values) = full_old(rel, old)?;
-            check_identity_unchanged(rel, &old_mask, &old_values, &new)?;
-            set_values.extend(old_values);
-            let change = Change::FullUpdate {
-                old: old_mask,
-                set,
-                values: set_values,
-            };
-            return self.buffer_change(rel, change).await;
-        }
-        if rel.key.is_empty() {
-            return Err(bad_value(
-                rel,
-                "update of a table without replica identity columns",
-            ));
-        }
-        let old_key = match &old {
-            Some((_, old)) if old.len() == new.len() => Some(key_of(rel, old)?),
-            Some(_) => return Err(bad_value(rel, "old key has the wrong number of columns")),
-            None => None,
-        };
-        let new_key = match key_of(rel, &new) {
-            Ok(k) => k,
-            // A key column sent as unchanged TOAST did not change; the old key says it.
-            Err(_) => old_key
-                .clone()
-                .ok_or_else(|| bad_value(rel, "update without a usable key"))?,
-        };
-        if let Some(k) = &old_key {
-            let key_mask: Vec<bool> = (0..rel.columns.len())
-                .map(|i| rel.key.contains(&i))
-                .collect();
-            check_identity_unchanged(rel, &key_mask, k, &new)?;
-        }
-        // A key that did not change is matched by the WHERE clause: setting it again to the
-        // same value only costs the target a cast per row. (Kept when nothing else is set, so
-        // that the row is still updated, as on the source.)
-        let key_kept = old_key.as_ref().is_none_or(|k| *k == new_key);
-        if key_kept && (0..set.len()).any(|i| set[i] && !rel.columns[i].key) {
-            for &i in &rel.key {
-                set[i] = false;
-            }
-        }
-        // Room for the key too: the statement's parameters are built in this vector.
-        let mut row = Vec::with_capacity(new.len() + rel.key.len());
-        for (v, s) in new.into_iter().zip(&set) {
-            row.push(if *s { text_of(rel, v)? } else { None });
-        }
-        let change = Change::Update {
-            set,
-            row,
-            old_key: old_key.filter(|k| *k != new_key),
-            new_key,
-        };
-        self.buffer_change(rel, change).await
     }
 
     pub async fn delete(
@@ -404,24 +310,8 @@ impl Applier {
         rel: &Arc<RelInfo>,
         old: (OldKind, Tuple),
     ) -> Result<(), ApplyError> {
-        let (_, old) = old;
-        if old.len() != rel.columns.len() {
-            return Err(bad_value(rel, "delete has the wrong number of columns"));
-        }
-        if rel.full_identity() {
-            let (old, values) = full_old(rel, old)?;
-            return self
-                .buffer_change(rel, Change::FullDelete { old, values })
-                .await;
-        }
-        if rel.key.is_empty() {
-            return Err(bad_value(
-                rel,
-                "delete from a table without replica identity columns",
-            ));
-        }
-        let key = key_of(rel, &old)?;
-        self.buffer_change(rel, Change::Delete(key)).await
+        let change = change::delete(rel, old.1)?;
+        self.buffer_change(rel, change).await
     }
 
     /// TRUNCATE the given tables, with the options the source used.
@@ -721,428 +611,4 @@ impl Applier {
         }
         Ok(())
     }
-
-    /// Take a change into the batch buffer (sending the buffer first or after when it must).
-    async fn buffer_change(
-        &mut self,
-        rel: &Arc<RelInfo>,
-        change: Change,
-    ) -> Result<(), ApplyError> {
-        self.batch.changes += 1;
-        if self.buffer.must_flush_before(rel) {
-            self.flush_buffer().await?;
-        }
-        self.buffer.push(rel, change);
-        if self.buffer.full() {
-            self.flush_buffer().await?;
-        }
-        Ok(())
-    }
-
-    /// Send what the buffer holds, as runs and scripts, on the batch's session.
-    async fn flush_buffer(&mut self) -> Result<(), ApplyError> {
-        if self.buffer.is_empty() {
-            return Ok(());
-        }
-        let tables = self.buffer.take();
-        let mut part = Writeset::with_capacity(tables.iter().map(|(_, c)| c.len()).sum());
-        for (rel, changes) in &tables {
-            for (change, keys) in changes {
-                part.add(rel, change, *keys);
-            }
-        }
-        self.enter_lane(&part).await?;
-        self.writes.extend(part);
-        for (rel, changes) in tables {
-            let mut left = changes.len();
-            for (change, keys) in changes {
-                let (kind, values, touched) = statement_of(change, keys);
-                self.add(&rel, kind, values, touched, left).await?;
-                left -= 1;
-            }
-        }
-        self.flush_run().await
-    }
-
-    /// Add one row change to the current run (sending the run first when it cannot join).
-    /// `left`: how many changes of this table the batch has from this one on (to size a run).
-    async fn add(
-        &mut self,
-        rel: &Arc<RelInfo>,
-        kind: Kind,
-        values: Vec<Option<Bytes>>,
-        touched: Touched,
-        left: usize,
-    ) -> Result<(), ApplyError> {
-        let fits = self.run.as_ref().is_some_and(|r| {
-            r.rel.relid == rel.relid
-                && r.rel.generation == rel.generation
-                && r.kind == kind
-                && r.rows < r.limit
-                && touched.iter().flatten().all(|k| !r.keys.contains(k))
-        });
-        if !fits {
-            self.flush_run().await?;
-            let limit = match kind {
-                Kind::Insert | Kind::Delete => MAX_RUN,
-                Kind::Update { .. } if !rel.extra_unique => MAX_RUN,
-                _ => 1,
-            };
-            let size = limit.min(left);
-            self.run = Some(Run {
-                rel: rel.clone(),
-                kind,
-                columns: (0..values.len())
-                    .map(|_| Vec::with_capacity(size))
-                    .collect(),
-                rows: 0,
-                keys: KeySet::with_capacity_and_hasher(size, Default::default()),
-                limit,
-            });
-        }
-        let run = self.run.as_mut().expect("a run was just ensured");
-        for (col, v) in run.columns.iter_mut().zip(values) {
-            col.push(v);
-        }
-        run.rows += 1;
-        run.keys.extend(touched.iter().flatten());
-        if run.rows >= run.limit {
-            self.flush_run().await?;
-        }
-        Ok(())
-    }
-
-    async fn flush_run(&mut self) -> Result<(), ApplyError> {
-        let Some(run) = self.run.take() else {
-            return Ok(());
-        };
-        if run.rows > 1 {
-            return self.send_multi(run).await;
-        }
-        let key = StmtKey {
-            relid: run.rel.relid,
-            generation: run.rel.generation,
-            kind: run.kind.clone(),
-            multi: false,
-        };
-        let lane_index = self.current();
-        let lane = &mut self.lanes[lane_index];
-        let name = match lane.named.get(&key) {
-            Some(n) => n.clone(),
-            None => {
-                lane.prepared += 1;
-                let name = format!("pgc_{}", lane.prepared);
-                let types = vec!["text"; run.columns.len()].join(", ");
-                let sql = statement_sql(&run.rel, &run.kind, false);
-                lane.script
-                    .push_str(&format!("PREPARE {name} ({types}) AS {sql};\n"));
-                // Answered by a CommandComplete too; an error there names the table.
-                lane.script_expect
-                    .push(Some((0, Subject::Table(run.rel.clone()))));
-                lane.named.insert(key, name.clone());
-                name
-            }
-        };
-        let mut args = Vec::with_capacity(run.columns.len());
-        for mut c in run.columns {
-            args.push(literal(&run.rel, &c.pop().flatten())?);
-        }
-        lane.script
-            .push_str(&format!("EXECUTE {name}({});\n", args.join(", ")));
-        let want = match run.kind {
-            Kind::Insert => 0,
-            _ => 1,
-        };
-        lane.script_expect
-            .push(Some((want, Subject::Table(run.rel.clone()))));
-        if lane.script_expect.len() >= SCRIPT_STATEMENTS || lane.script.len() >= SCRIPT_BYTES {
-            self.flush_script(lane_index).await?;
-        }
-        Ok(())
-    }
-
-    /// A run of several rows: one extended-protocol statement with a binary `text[]` per
-    /// column (no quoting, no array parsing on the target).
-    async fn send_multi(&mut self, run: Run) -> Result<(), ApplyError> {
-        let key = StmtKey {
-            relid: run.rel.relid,
-            generation: run.rel.generation,
-            kind: run.kind.clone(),
-            multi: true,
-        };
-        let lane = self.current();
-        let stmt = match self.lanes[lane].extended.get(&key) {
-            Some(s) => s.clone(),
-            None => {
-                self.flush_script(lane).await?;
-                let sql = statement_sql(&run.rel, &run.kind, true);
-                match self.lanes[lane].client.prepare(&sql).await {
-                    Ok(s) => {
-                        self.lanes[lane].extended.insert(key, s.clone());
-                        s
-                    }
-                    Err(e) => return Err(self.first_error(&run.rel, e).await),
-                }
-            }
-        };
-        let mut wires: Vec<Wire> = param_columns(&run.rel, &run.kind)
-            .into_iter()
-            .map(|i| run.rel.columns[i].wire)
-            .collect();
-        if wires.len() != run.columns.len() {
-            wires = vec![Wire::Text; run.columns.len()];
-        }
-        let params: Vec<ArrayParam> = wires
-            .into_iter()
-            .zip(run.columns)
-            .map(|(wire, values)| ArrayParam { wire, values })
-            .collect();
-        let want = match run.kind {
-            Kind::Insert => 0,
-            _ => run.rows as u64,
-        };
-        let expect = Some((want, Subject::Table(run.rel.clone())));
-        self.send(
-            move |c| async move {
-                let refs: Vec<&(dyn ToSql + Sync)> =
-                    params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-                c.execute(&stmt, &refs).await
-            },
-            expect,
-        )
-        .await
-    }
-
-    /// The error to report when `e` happened with requests in flight: the first of theirs,
-    /// if one failed (then `e` is only its consequence).
-    async fn first_error(&mut self, rel: &RelInfo, e: tokio_postgres::Error) -> ApplyError {
-        match self.drain().await {
-            Err(first) => first,
-            Ok(()) => ApplyError::Statement {
-                table: rel.table.display_plain(),
-                message: error_text(&e),
-                source: Some(e),
-            },
-        }
-    }
-
-    /// Send the script built so far on a session as one simple-query message.
-    async fn flush_script(&mut self, lane: usize) -> Result<(), ApplyError> {
-        let l = &mut self.lanes[lane];
-        if l.script_expect.is_empty() {
-            return Ok(());
-        }
-        let script = std::mem::take(&mut l.script);
-        let expect = std::mem::take(&mut l.script_expect);
-        let c = l.client.clone();
-        let fut: Pending = Box::pin(async move {
-            use futures_util::TryStreamExt;
-            let mut counts = Vec::new();
-            let stream = c.simple_query_raw(&script).await.map_err(|e| (0, e))?;
-            futures_util::pin_mut!(stream);
-            loop {
-                match stream.try_next().await {
-                    Ok(Some(tokio_postgres::SimpleQueryMessage::CommandComplete(n))) => {
-                        counts.push(n)
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) => return Ok(counts),
-                    Err(e) => return Err((counts.len(), e)),
-                }
-            }
-        });
-        self.push(lane, fut, expect, None).await
-    }
-
-    /// Send one statement now on the open batch's session, after the script built so far
-    /// (see the module docs on ordering), and queue its answer.
-    async fn send<F, Fut>(&mut self, make: F, expect: Expect) -> Result<(), ApplyError>
-    where
-        F: FnOnce(Arc<Client>) -> Fut,
-        Fut: Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'static,
-    {
-        self.send_on(self.current(), make, expect, None).await
-    }
-
-    /// [`Applier::send`] on a given session, for a request that may end a commit.
-    async fn send_on<F, Fut>(
-        &mut self,
-        lane: usize,
-        make: F,
-        expect: Expect,
-        ends_commit: Option<EndsCommit>,
-    ) -> Result<(), ApplyError>
-    where
-        F: FnOnce(Arc<Client>) -> Fut,
-        Fut: Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'static,
-    {
-        self.flush_script(lane).await?;
-        let fut = make(self.lanes[lane].client.clone());
-        self.push(
-            lane,
-            Box::pin(async move { fut.await.map(|n| vec![n]).map_err(|e| (0, e)) }),
-            vec![expect],
-            ends_commit,
-        )
-        .await
-    }
-
-    /// Poll a request once (which writes it to the connection) and queue its answer.
-    async fn push(
-        &mut self,
-        lane: usize,
-        mut fut: Pending,
-        expect: Vec<Expect>,
-        ends_commit: Option<EndsCommit>,
-    ) -> Result<(), ApplyError> {
-        let first_poll = {
-            let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
-            fut.as_mut().poll(&mut cx)
-        };
-        let fut = match first_poll {
-            Poll::Ready(result) => Box::pin(std::future::ready(result)),
-            Poll::Pending => fut,
-        };
-        self.lanes[lane].inflight.push_back(InFlight {
-            fut,
-            expect,
-            ends_commit,
-        });
-        while self.lanes[lane].inflight.len() > MAX_INFLIGHT {
-            self.settle_one(lane).await?;
-        }
-        Ok(())
-    }
-
-    /// Read the answer to the oldest request in flight on a session.
-    async fn settle_one(&mut self, lane: usize) -> Result<(), ApplyError> {
-        let Some(f) = self.lanes[lane].inflight.pop_front() else {
-            return Ok(());
-        };
-        let answer = f.fut.await;
-        let l = &mut self.lanes[lane];
-        match answer {
-            Ok(counts) => {
-                for (n, expect) in counts.iter().zip(&f.expect) {
-                    if let Some((want, subject)) = expect
-                        && n < want
-                    {
-                        l.missing += want - n;
-                        tracing::warn!(table = %subject.name(), missing = want - n,
-                            "rows to update or delete were not found on the target");
-                    }
-                }
-                if let Some(EndsCommit {
-                    mut totals,
-                    answers_positions,
-                }) = f.ends_commit
-                {
-                    if answers_positions && let [insert, flushed] = counts[..] {
-                        totals.target_lsn = Lsn(insert);
-                        totals.target_flushed = Lsn(flushed);
-                    }
-                    totals.missing_rows = std::mem::take(&mut l.missing);
-                    l.commits -= 1;
-                    // The next batch may have begun behind it on this session.
-                    l.open = self.lane == Some(lane)
-                        || self.sealed.as_ref().is_some_and(|b| b.lane == lane);
-                    self.done.push(totals);
-                }
-                Ok(())
-            }
-            Err((at, e)) => {
-                let table = f
-                    .expect
-                    .get(at)
-                    .and_then(|x| x.as_ref())
-                    .map(|(_, subject)| subject.name())
-                    .unwrap_or_else(|| "the target".into());
-                l.inflight.clear();
-                Err(ApplyError::Statement {
-                    table,
-                    message: error_text(&e),
-                    source: Some(e),
-                })
-            }
-        }
-    }
-
-    /// Read every answer, the session of the last commit sent first (its batch is the
-    /// older one, so its error is the one to report).
-    async fn drain(&mut self) -> Result<(), ApplyError> {
-        let n = self.lanes.len();
-        for i in 0..n {
-            let lane = (self.last_lane + i) % n;
-            self.flush_script(lane).await?;
-            while !self.lanes[lane].inflight.is_empty() {
-                self.settle_one(lane).await?;
-            }
-        }
-        Ok(())
-    }
-}
-
-fn text_of(rel: &RelInfo, v: Value) -> Result<Option<Bytes>, ApplyError> {
-    match v {
-        Value::Null => Ok(None),
-        Value::Text(b) => Ok(Some(b)),
-        Value::UnchangedToast => Err(bad_value(
-            rel,
-            "unchanged TOAST value where a value is needed",
-        )),
-        Value::Binary(_) => Err(bad_value(rel, "binary value in a text-mode stream")),
-    }
-}
-
-/// An identity column (GENERATED ALWAYS) cannot be changed by UPDATE on the target; the
-/// source changes one only through `SET col = DEFAULT`. Say so rather than lose the change.
-/// `mask`/`old` are the old columns present and their values, in column order.
-fn check_identity_unchanged(
-    rel: &RelInfo,
-    mask: &[bool],
-    old: &[Option<Bytes>],
-    new: &Tuple,
-) -> Result<(), ApplyError> {
-    let mut old_values = old.iter();
-    for (i, present) in mask.iter().enumerate() {
-        if !present {
-            continue;
-        }
-        let before = old_values.next();
-        let c = &rel.columns[i];
-        if c.always_identity
-            && let (Some(before), Value::Text(after)) = (before, &new[i])
-            && before.as_ref() != Some(after)
-        {
-            return Err(bad_value(
-                rel,
-                &format!(
-                    "the source changed identity column {} (GENERATED ALWAYS), which UPDATE \
-                     cannot do on the target; make it GENERATED BY DEFAULT on the target",
-                    c.name
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn key_of(rel: &RelInfo, tuple: &Tuple) -> Result<Vec<Option<Bytes>>, ApplyError> {
-    rel.key
-        .iter()
-        .map(|&i| text_of(rel, tuple[i].clone()))
-        .collect()
-}
-
-/// Which old columns to match on (all but unchanged TOAST) and their values.
-fn full_old(rel: &RelInfo, old: Tuple) -> Result<(Vec<bool>, Vec<Option<Bytes>>), ApplyError> {
-    if old.len() != rel.columns.len() {
-        return Err(bad_value(rel, "old row has the wrong number of columns"));
-    }
-    let mask: Vec<bool> = old.iter().map(|v| *v != Value::UnchangedToast).collect();
-    let mut values = Vec::with_capacity(old.len());
-    for v in old.into_iter().filter(|v| *v != Value::UnchangedToast) {
-        values.push(text_of(rel, v)?);
-    }
-    Ok((mask, values))
 }

@@ -1,0 +1,392 @@
+//! Sending a batch: the buffer's changes as runs and scripts, each request written to its
+//! session at once and its answer queued (see the module docs of [`super`] on runs, scripts
+//! and pipelining), and the answers read in order.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
+
+use super::lane::{EndsCommit, Expect, InFlight, Pending, Subject};
+use super::sql::{
+    ArrayParam, Kind, StmtKey, Touched, literal, param_columns, statement_of, statement_sql,
+};
+use super::{Applier, ApplyError, MAX_INFLIGHT, MAX_RUN, SCRIPT_BYTES, SCRIPT_STATEMENTS};
+use crate::cdc::coalesce::{Change, KeySet, Writeset};
+use crate::cdc::relation::{RelInfo, Wire};
+use crate::pg::{Lsn, error_text};
+
+/// Consecutive changes of one kind to one table, column-major.
+pub(super) struct Run {
+    rel: Arc<RelInfo>,
+    kind: Kind,
+    columns: Vec<Vec<Option<Bytes>>>,
+    rows: usize,
+    /// Keys (old and new) touched by the run's updates.
+    keys: KeySet,
+    limit: usize,
+}
+
+impl Applier {
+    /// Take a change into the batch buffer (sending the buffer first or after when it must).
+    pub(super) async fn buffer_change(
+        &mut self,
+        rel: &Arc<RelInfo>,
+        change: Change,
+    ) -> Result<(), ApplyError> {
+        self.batch.changes += 1;
+        if self.buffer.must_flush_before(rel) {
+            self.flush_buffer().await?;
+        }
+        self.buffer.push(rel, change);
+        if self.buffer.full() {
+            self.flush_buffer().await?;
+        }
+        Ok(())
+    }
+
+    /// Send what the buffer holds, as runs and scripts, on the batch's session.
+    pub(super) async fn flush_buffer(&mut self) -> Result<(), ApplyError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let tables = self.buffer.take();
+        let mut part = Writeset::with_capacity(tables.iter().map(|(_, c)| c.len()).sum());
+        for (rel, changes) in &tables {
+            for (change, keys) in changes {
+                part.add(rel, change, *keys);
+            }
+        }
+        self.enter_lane(&part).await?;
+        self.writes.extend(part);
+        for (rel, changes) in tables {
+            let mut left = changes.len();
+            for (change, keys) in changes {
+                let (kind, values, touched) = statement_of(change, keys);
+                self.add(&rel, kind, values, touched, left).await?;
+                left -= 1;
+            }
+        }
+        self.flush_run().await
+    }
+
+    /// Add one row change to the current run (sending the run first when it cannot join).
+    /// `left`: how many changes of this table the batch has from this one on (to size a run).
+    async fn add(
+        &mut self,
+        rel: &Arc<RelInfo>,
+        kind: Kind,
+        values: Vec<Option<Bytes>>,
+        touched: Touched,
+        left: usize,
+    ) -> Result<(), ApplyError> {
+        let fits = self.run.as_ref().is_some_and(|r| {
+            r.rel.relid == rel.relid
+                && r.rel.generation == rel.generation
+                && r.kind == kind
+                && r.rows < r.limit
+                && touched.iter().flatten().all(|k| !r.keys.contains(k))
+        });
+        if !fits {
+            self.flush_run().await?;
+            let limit = match kind {
+                Kind::Insert | Kind::Delete => MAX_RUN,
+                Kind::Update { .. } if !rel.extra_unique => MAX_RUN,
+                _ => 1,
+            };
+            let size = limit.min(left);
+            self.run = Some(Run {
+                rel: rel.clone(),
+                kind,
+                columns: (0..values.len())
+                    .map(|_| Vec::with_capacity(size))
+                    .collect(),
+                rows: 0,
+                keys: KeySet::with_capacity_and_hasher(size, Default::default()),
+                limit,
+            });
+        }
+        let run = self.run.as_mut().expect("a run was just ensured");
+        for (col, v) in run.columns.iter_mut().zip(values) {
+            col.push(v);
+        }
+        run.rows += 1;
+        run.keys.extend(touched.iter().flatten());
+        if run.rows >= run.limit {
+            self.flush_run().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush_run(&mut self) -> Result<(), ApplyError> {
+        let Some(run) = self.run.take() else {
+            return Ok(());
+        };
+        if run.rows > 1 {
+            return self.send_multi(run).await;
+        }
+        let key = StmtKey {
+            relid: run.rel.relid,
+            generation: run.rel.generation,
+            kind: run.kind.clone(),
+            multi: false,
+        };
+        let lane_index = self.current();
+        let lane = &mut self.lanes[lane_index];
+        let name = match lane.named.get(&key) {
+            Some(n) => n.clone(),
+            None => {
+                lane.prepared += 1;
+                let name = format!("pgc_{}", lane.prepared);
+                let types = vec!["text"; run.columns.len()].join(", ");
+                let sql = statement_sql(&run.rel, &run.kind, false);
+                lane.script
+                    .push_str(&format!("PREPARE {name} ({types}) AS {sql};\n"));
+                // Answered by a CommandComplete too; an error there names the table.
+                lane.script_expect
+                    .push(Some((0, Subject::Table(run.rel.clone()))));
+                lane.named.insert(key, name.clone());
+                name
+            }
+        };
+        let mut args = Vec::with_capacity(run.columns.len());
+        for mut c in run.columns {
+            args.push(literal(&run.rel, &c.pop().flatten())?);
+        }
+        lane.script
+            .push_str(&format!("EXECUTE {name}({});\n", args.join(", ")));
+        let want = match run.kind {
+            Kind::Insert => 0,
+            _ => 1,
+        };
+        lane.script_expect
+            .push(Some((want, Subject::Table(run.rel.clone()))));
+        if lane.script_expect.len() >= SCRIPT_STATEMENTS || lane.script.len() >= SCRIPT_BYTES {
+            self.flush_script(lane_index).await?;
+        }
+        Ok(())
+    }
+
+    /// A run of several rows: one extended-protocol statement with a binary `text[]` per
+    /// column (no quoting, no array parsing on the target).
+    async fn send_multi(&mut self, run: Run) -> Result<(), ApplyError> {
+        let key = StmtKey {
+            relid: run.rel.relid,
+            generation: run.rel.generation,
+            kind: run.kind.clone(),
+            multi: true,
+        };
+        let lane = self.current();
+        let stmt = match self.lanes[lane].extended.get(&key) {
+            Some(s) => s.clone(),
+            None => {
+                self.flush_script(lane).await?;
+                let sql = statement_sql(&run.rel, &run.kind, true);
+                match self.lanes[lane].client.prepare(&sql).await {
+                    Ok(s) => {
+                        self.lanes[lane].extended.insert(key, s.clone());
+                        s
+                    }
+                    Err(e) => return Err(self.first_error(&run.rel, e).await),
+                }
+            }
+        };
+        let mut wires: Vec<Wire> = param_columns(&run.rel, &run.kind)
+            .into_iter()
+            .map(|i| run.rel.columns[i].wire)
+            .collect();
+        if wires.len() != run.columns.len() {
+            wires = vec![Wire::Text; run.columns.len()];
+        }
+        let params: Vec<ArrayParam> = wires
+            .into_iter()
+            .zip(run.columns)
+            .map(|(wire, values)| ArrayParam { wire, values })
+            .collect();
+        let want = match run.kind {
+            Kind::Insert => 0,
+            _ => run.rows as u64,
+        };
+        let expect = Some((want, Subject::Table(run.rel.clone())));
+        self.send(
+            move |c| async move {
+                let refs: Vec<&(dyn ToSql + Sync)> =
+                    params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+                c.execute(&stmt, &refs).await
+            },
+            expect,
+        )
+        .await
+    }
+
+    /// The error to report when `e` happened with requests in flight: the first of theirs,
+    /// if one failed (then `e` is only its consequence).
+    async fn first_error(&mut self, rel: &RelInfo, e: tokio_postgres::Error) -> ApplyError {
+        match self.drain().await {
+            Err(first) => first,
+            Ok(()) => ApplyError::Statement {
+                table: rel.table.display_plain(),
+                message: error_text(&e),
+                source: Some(e),
+            },
+        }
+    }
+
+    /// Send the script built so far on a session as one simple-query message.
+    pub(super) async fn flush_script(&mut self, lane: usize) -> Result<(), ApplyError> {
+        let l = &mut self.lanes[lane];
+        if l.script_expect.is_empty() {
+            return Ok(());
+        }
+        let script = std::mem::take(&mut l.script);
+        let expect = std::mem::take(&mut l.script_expect);
+        let c = l.client.clone();
+        let fut: Pending = Box::pin(async move {
+            use futures_util::TryStreamExt;
+            let mut counts = Vec::new();
+            let stream = c.simple_query_raw(&script).await.map_err(|e| (0, e))?;
+            futures_util::pin_mut!(stream);
+            loop {
+                match stream.try_next().await {
+                    Ok(Some(tokio_postgres::SimpleQueryMessage::CommandComplete(n))) => {
+                        counts.push(n)
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Ok(counts),
+                    Err(e) => return Err((counts.len(), e)),
+                }
+            }
+        });
+        self.push(lane, fut, expect, None).await
+    }
+
+    /// Send one statement now on the open batch's session, after the script built so far
+    /// (see the module docs on ordering), and queue its answer.
+    pub(super) async fn send<F, Fut>(&mut self, make: F, expect: Expect) -> Result<(), ApplyError>
+    where
+        F: FnOnce(Arc<Client>) -> Fut,
+        Fut: Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'static,
+    {
+        self.send_on(self.current(), make, expect, None).await
+    }
+
+    /// [`Applier::send`] on a given session, for a request that may end a commit.
+    pub(super) async fn send_on<F, Fut>(
+        &mut self,
+        lane: usize,
+        make: F,
+        expect: Expect,
+        ends_commit: Option<EndsCommit>,
+    ) -> Result<(), ApplyError>
+    where
+        F: FnOnce(Arc<Client>) -> Fut,
+        Fut: Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'static,
+    {
+        self.flush_script(lane).await?;
+        let fut = make(self.lanes[lane].client.clone());
+        self.push(
+            lane,
+            Box::pin(async move { fut.await.map(|n| vec![n]).map_err(|e| (0, e)) }),
+            vec![expect],
+            ends_commit,
+        )
+        .await
+    }
+
+    /// Poll a request once (which writes it to the connection) and queue its answer.
+    pub(super) async fn push(
+        &mut self,
+        lane: usize,
+        mut fut: Pending,
+        expect: Vec<Expect>,
+        ends_commit: Option<EndsCommit>,
+    ) -> Result<(), ApplyError> {
+        let first_poll = {
+            let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+            fut.as_mut().poll(&mut cx)
+        };
+        let fut = match first_poll {
+            Poll::Ready(result) => Box::pin(std::future::ready(result)),
+            Poll::Pending => fut,
+        };
+        self.lanes[lane].inflight.push_back(InFlight {
+            fut,
+            expect,
+            ends_commit,
+        });
+        while self.lanes[lane].inflight.len() > MAX_INFLIGHT {
+            self.settle_one(lane).await?;
+        }
+        Ok(())
+    }
+
+    /// Read the answer to the oldest request in flight on a session.
+    pub(super) async fn settle_one(&mut self, lane: usize) -> Result<(), ApplyError> {
+        let Some(f) = self.lanes[lane].inflight.pop_front() else {
+            return Ok(());
+        };
+        let answer = f.fut.await;
+        let l = &mut self.lanes[lane];
+        match answer {
+            Ok(counts) => {
+                for (n, expect) in counts.iter().zip(&f.expect) {
+                    if let Some((want, subject)) = expect
+                        && n < want
+                    {
+                        l.missing += want - n;
+                        tracing::warn!(table = %subject.name(), missing = want - n,
+                            "rows to update or delete were not found on the target");
+                    }
+                }
+                if let Some(EndsCommit {
+                    mut totals,
+                    answers_positions,
+                }) = f.ends_commit
+                {
+                    if answers_positions && let [insert, flushed] = counts[..] {
+                        totals.target_lsn = Lsn(insert);
+                        totals.target_flushed = Lsn(flushed);
+                    }
+                    totals.missing_rows = std::mem::take(&mut l.missing);
+                    l.commits -= 1;
+                    // The next batch may have begun behind it on this session.
+                    l.open = self.lane == Some(lane)
+                        || self.sealed.as_ref().is_some_and(|b| b.lane == lane);
+                    self.done.push(totals);
+                }
+                Ok(())
+            }
+            Err((at, e)) => {
+                let table = f
+                    .expect
+                    .get(at)
+                    .and_then(|x| x.as_ref())
+                    .map(|(_, subject)| subject.name())
+                    .unwrap_or_else(|| "the target".into());
+                l.inflight.clear();
+                Err(ApplyError::Statement {
+                    table,
+                    message: error_text(&e),
+                    source: Some(e),
+                })
+            }
+        }
+    }
+
+    /// Read every answer, the session of the last commit sent first (its batch is the
+    /// older one, so its error is the one to report).
+    pub(super) async fn drain(&mut self) -> Result<(), ApplyError> {
+        let n = self.lanes.len();
+        for i in 0..n {
+            let lane = (self.last_lane + i) % n;
+            self.flush_script(lane).await?;
+            while !self.lanes[lane].inflight.is_empty() {
+                self.settle_one(lane).await?;
+            }
+        }
+        Ok(())
+    }
+}

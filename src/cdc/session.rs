@@ -1,0 +1,435 @@
+//! One replication session: the stream opened at the position the target recorded, each
+//! event applied in order, until something fails (see [`super`] for the loop's rules and
+//! [`super::run`] for what happens then).
+//!
+//! The positions it keeps, all source LSNs:
+//!
+//! * `applied`: end of the last source transaction whose target commit was answered (the
+//!   recorded position says the same on the target);
+//! * `last_end`: end of the last source transaction added to the open batch, which becomes
+//!   `sent_end` when that batch's commit is sent;
+//! * `received`: how far every commit has surely been received (a hold waits for it);
+//! * `unflushed`: committed batches whose target WAL may not be flushed yet. A position is
+//!   confirmed to the source only once the target has flushed the commit that holds it, so
+//!   that a crash of the target host cannot lose what the slot already forgot.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Instant;
+
+use tokio::sync::{mpsc, watch};
+
+use super::apply::{Applier, Committed};
+use super::decode::{self, Message};
+use super::hold::Hold;
+use super::relation::RelationCache;
+use super::stream::{Event, Stream};
+use super::{BATCH_AGE, BATCH_CHANGES, BATCH_LINGER, CdcError, Control, heartbeat};
+use crate::config::Config;
+use crate::load::LoadOutcome;
+use crate::pg::{Lsn, TableName};
+use crate::status::StatusBoard;
+
+/// Run one session until it fails. `progressed` is set once a batch is committed (the caller
+/// then starts its retries afresh).
+pub(super) async fn run(
+    cfg: &Config,
+    status: &StatusBoard,
+    load: &LoadOutcome,
+    control: &Control,
+    progressed: &mut bool,
+    mut new_tables: watch::Receiver<Vec<TableName>>,
+) -> CdcError {
+    let mut holds = control.holds_rx.lock().await;
+    let mut session = match Session::open(cfg, status, load).await {
+        Ok(s) => s,
+        Err(e) => return e,
+    };
+    let err = loop {
+        match session.step(&mut holds, &mut new_tables).await {
+            Ok(answered) => *progressed |= answered,
+            Err(e) => break e,
+        }
+    };
+    if !err.transient() {
+        let _ = session.applier.rollback().await;
+    }
+    session.stream.close().await;
+    err
+}
+
+struct Session<'a> {
+    status: &'a StatusBoard,
+    stream: Stream,
+    applier: Applier,
+    cache: RelationCache,
+    /// Each table's copy snapshot: its changes committed before it are in the copy.
+    snapshots: BTreeMap<TableName, Lsn>,
+    heartbeat_prefix: String,
+    applied: Lsn,
+    /// The open source transaction: its commit position, and whether it was applied earlier.
+    txn: Option<(Lsn, bool)>,
+    last_end: Lsn,
+    sent_end: Lsn,
+    received: Lsn,
+    /// When the open batch began (none open: `None`).
+    batch_started: Option<Instant>,
+    /// A heartbeat that arrived while the open batch was gathered: timed when it commits.
+    heartbeat_waiting: Option<i64>,
+    /// Heartbeats that arrived before a commit still unanswered: (its source position, stamp).
+    heartbeats: VecDeque<(Lsn, i64)>,
+    /// (target WAL position after the commit, source position it stands for).
+    unflushed: VecDeque<(Lsn, Lsn)>,
+    /// A validation's request to hold (see [`super::hold`]); a Begin at or past its position
+    /// waits in `deferred`.
+    pending_hold: Option<Hold>,
+    deferred: Option<Event>,
+}
+
+impl<'a> Session<'a> {
+    async fn open(
+        cfg: &Config,
+        status: &'a StatusBoard,
+        load: &LoadOutcome,
+    ) -> Result<Session<'a>, CdcError> {
+        let id = cfg.replication.migration_id.as_str();
+        let snapshots = load
+            .tables
+            .iter()
+            .map(|(t, l)| (t.clone(), l.snapshot_lsn))
+            .collect();
+        let mut targets = Vec::with_capacity(cfg.replication.apply_sessions);
+        for _ in 0..cfg.replication.apply_sessions {
+            targets.push(cfg.target.connect("pgcutover-apply").await?);
+        }
+        let applier = Applier::new(targets, id).await?;
+        let recorded = super::progress::applied_lsn(applier.client(), id).await?;
+        let start = recorded.unwrap_or(load.slot_lsn);
+        let slot = cfg.replication.migration_id.slot_name();
+        let publication = cfg.replication.migration_id.publication_name();
+        let stream = Stream::open(&cfg.source, &slot, &publication, start).await?;
+        tracing::info!(%slot, from = %start, "change stream started");
+        status.cdc_running(start);
+        Ok(Session {
+            status,
+            stream,
+            applier,
+            cache: RelationCache::default(),
+            snapshots,
+            heartbeat_prefix: heartbeat::prefix(cfg),
+            applied: start,
+            txn: None,
+            last_end: start,
+            sent_end: start,
+            received: start,
+            batch_started: None,
+            heartbeat_waiting: None,
+            heartbeats: VecDeque::new(),
+            unflushed: VecDeque::new(),
+            pending_hold: None,
+            deferred: None,
+        })
+    }
+
+    /// Commit what is due, read the answers that came in, hold if asked, then take one event
+    /// (or wake for an answer, a linger's end, new tables or a hold request). Returns whether
+    /// a batch's commit was answered.
+    async fn step(
+        &mut self,
+        holds: &mut mpsc::UnboundedReceiver<Hold>,
+        new_tables: &mut watch::Receiver<Vec<TableName>>,
+    ) -> Result<bool, CdcError> {
+        let hold_due = self
+            .pending_hold
+            .as_ref()
+            .is_some_and(|h| self.received >= h.until);
+        let answered = self.commit_and_collect(hold_due).await?;
+        if hold_due
+            && self.txn.is_none()
+            && self.batch_started.is_none()
+            && !self.applier.commit_pending()
+            && let Some(h) = self.pending_hold.take()
+        {
+            self.pending_hold = h.wait(self.applied).await;
+            return Ok(answered);
+        }
+        let found = new_tables.borrow_and_update().clone();
+        if !found.is_empty() {
+            return Err(CdcError::NewTables {
+                tables: found.iter().map(|t| t.display_plain()).collect(),
+            });
+        }
+        // A batch open between source transactions commits when its linger is over, even if
+        // nothing more arrives.
+        let linger_until = match (self.txn, self.batch_started) {
+            (None, Some(started)) => Some(tokio::time::Instant::from_std(started + BATCH_LINGER)),
+            _ => None,
+        };
+        let ev = match self.deferred.take() {
+            Some(ev) => ev,
+            None => {
+                let next = tokio::select! {
+                    // All cancel-safe: the stream and `recv` read channels, `changed` a watch.
+                    next = self.stream.next() => next?,
+                    // Cancel-safe too: an answer that came in stays for `collect`.
+                    _ = self.applier.answer() => return Ok(answered),
+                    _ = sleep_until_some(linger_until) => return Ok(answered),
+                    _ = new_tables.changed() => return Ok(answered),
+                    h = holds.recv() => {
+                        self.pending_hold = h;
+                        return Ok(answered);
+                    }
+                };
+                next.ok_or(CdcError::Ended)?
+            }
+        };
+        self.on_event(ev).await?;
+        Ok(answered)
+    }
+
+    /// Commit the open batch at a source commit boundary when it is large, old, lingered
+    /// with the stream dry, or a hold is due; read the answers that came in (all of them
+    /// before a hold). Returns whether a commit was answered.
+    async fn commit_and_collect(&mut self, hold_due: bool) -> Result<bool, CdcError> {
+        let mut done = Vec::new();
+        if self.txn.is_none()
+            && let Some(started) = self.batch_started
+            && (self.applier.batch().changes >= BATCH_CHANGES
+                || started.elapsed() >= BATCH_AGE
+                || hold_due
+                || (started.elapsed() >= BATCH_LINGER && !self.stream.has_ready()))
+        {
+            done = self.applier.commit(self.last_end).await?;
+            self.batch_started = None;
+            self.sent_end = self.last_end;
+            if let Some(sent) = self.heartbeat_waiting.take() {
+                self.heartbeats.push_back((self.last_end, sent));
+            }
+        }
+        // Answers read as they come in (`step` wakes for them), so a sealed batch's COMMIT
+        // goes out at once; everything is waited for only before a hold.
+        if self.applier.commit_pending() {
+            done.extend(self.applier.collect().await?);
+        }
+        if self.applier.commit_pending() && self.txn.is_none() && hold_due {
+            done.extend(self.applier.settle().await?);
+        }
+        let answered = !done.is_empty();
+        for d in done {
+            self.answered(d);
+        }
+        Ok(answered)
+    }
+
+    async fn on_event(&mut self, ev: Event) -> Result<(), CdcError> {
+        match ev {
+            Event::Begin { final_lsn, .. } => {
+                self.received = self.received.max(final_lsn);
+                if self
+                    .pending_hold
+                    .as_ref()
+                    .is_some_and(|h| final_lsn >= h.until)
+                {
+                    // Hold before this transaction: everything committed before it is in.
+                    self.deferred = Some(ev);
+                    return Ok(());
+                }
+                let done_before = final_lsn < self.applied;
+                if !done_before {
+                    self.applier.begin().await?;
+                    self.batch_started.get_or_insert_with(Instant::now);
+                }
+                self.txn = Some((final_lsn, done_before));
+            }
+            Event::Commit { end_lsn } => {
+                self.received = self.received.max(end_lsn);
+                match self.txn.take() {
+                    Some((_, false)) => {
+                        self.applier.end_source_txn();
+                        self.last_end = end_lsn;
+                    }
+                    _ if self.idle() => {
+                        // Applied by an earlier run: the slot may forget it.
+                        self.stream.confirm(end_lsn.max(self.applied));
+                        self.status.cdc_processed(end_lsn);
+                    }
+                    _ => {}
+                }
+            }
+            Event::Data(bytes) => {
+                let msg = decode::decode(bytes)?;
+                apply_message(
+                    &mut self.applier,
+                    &mut self.cache,
+                    &self.snapshots,
+                    msg,
+                    self.txn,
+                )
+                .await?;
+            }
+            Event::Message {
+                transactional: false,
+                lsn,
+                prefix,
+                content,
+            } if prefix == self.heartbeat_prefix => {
+                self.received = self.received.max(lsn);
+                let sent = std::str::from_utf8(&content)
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok());
+                if let Some(sent) = sent {
+                    self.on_heartbeat(lsn, sent).await?;
+                }
+            }
+            Event::Message {
+                transactional: false,
+                lsn,
+                ..
+            } => self.received = self.received.max(lsn),
+            Event::Message { .. } => {}
+            Event::KeepAlive { wal_end } => {
+                if self.txn.is_none() {
+                    self.received = self.received.max(wal_end);
+                }
+                // Nothing open: every commit before `wal_end` has been received and applied,
+                // so the slot may move there (it keeps WAL from piling up while the published
+                // tables are idle).
+                if self.txn.is_none() && self.idle() && wal_end > self.applied {
+                    self.stream.confirm(wal_end);
+                    self.status.cdc_processed(wal_end);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Our heartbeat came back through the stream at `lsn`, stamped `sent`: it is timed when
+    /// every transaction before it is committed on the target.
+    async fn on_heartbeat(&mut self, lsn: Lsn, sent: i64) -> Result<(), CdcError> {
+        if self.batch_started.is_some() {
+            self.heartbeat_waiting = Some(sent);
+        } else if self.applier.commit_pending() {
+            self.heartbeats.push_back((self.sent_end, sent));
+        } else {
+            self.status.heartbeat_applied(sent);
+            self.status.cdc_processed(lsn);
+            // Once a second: confirm what the target has flushed since.
+            if let Some((_, flushed)) = self.applier.wal_positions().await? {
+                self.confirm_flushed(flushed);
+            }
+            if self.unflushed.is_empty() {
+                self.stream.confirm(lsn.max(self.applied));
+            }
+        }
+        Ok(())
+    }
+
+    /// No batch open or committing, and every commit flushed on the target.
+    fn idle(&self) -> bool {
+        self.batch_started.is_none() && !self.applier.commit_pending() && self.unflushed.is_empty()
+    }
+
+    /// A batch's commit was answered: the target is at its source position (durable once the
+    /// target flushes its WAL that far).
+    fn answered(&mut self, done: Committed) {
+        self.applied = done.source_end;
+        self.unflushed.push_back((done.target_lsn, done.source_end));
+        self.confirm_flushed(done.target_flushed);
+        self.status.cdc_committed(&done);
+        let mut newest = None;
+        while let Some(&(at, sent)) = self.heartbeats.front() {
+            if at > done.source_end {
+                break;
+            }
+            newest = Some(sent);
+            self.heartbeats.pop_front();
+        }
+        if let Some(sent) = newest {
+            self.status.heartbeat_applied(sent);
+        }
+    }
+
+    /// Confirm to the source the newest batch whose target commit is flushed (everything when
+    /// commits are synchronous: their position is zero).
+    fn confirm_flushed(&mut self, flushed: Lsn) {
+        let mut newest = None;
+        while let Some(&(target, source)) = self.unflushed.front() {
+            if target > flushed {
+                break;
+            }
+            newest = Some(source);
+            self.unflushed.pop_front();
+        }
+        if let Some(source) = newest {
+            self.stream.confirm(source);
+        }
+    }
+}
+
+/// Sleep until `at`, or forever when there is no `at`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Apply one decoded message of the open transaction `txn` (commit position, applied before).
+async fn apply_message(
+    applier: &mut Applier,
+    cache: &mut RelationCache,
+    snapshots: &BTreeMap<TableName, Lsn>,
+    msg: Message,
+    txn: Option<(Lsn, bool)>,
+) -> Result<(), CdcError> {
+    // Outside a transaction only Relation and Type messages are expected; a change there
+    // would have no commit position to judge it by.
+    let wanted = |skip_before: Lsn| matches!(txn, Some((lsn, false)) if lsn >= skip_before);
+    match msg {
+        Message::Relation(rel) => {
+            let info = cache.describe(applier.client(), &rel, snapshots).await?;
+            applier.forget_older(&info);
+        }
+        Message::Type {
+            oid,
+            namespace,
+            name,
+        } => cache.note_type(oid, namespace, name),
+        Message::Insert { relid, new } => {
+            let rel = cache.get(relid)?.clone();
+            if wanted(rel.skip_before) {
+                applier.insert(&rel, new).await?;
+            }
+        }
+        Message::Update { relid, old, new } => {
+            let rel = cache.get(relid)?.clone();
+            if wanted(rel.skip_before) {
+                applier.update(&rel, old, new).await?;
+            }
+        }
+        Message::Delete { relid, old } => {
+            let rel = cache.get(relid)?.clone();
+            if wanted(rel.skip_before) {
+                applier.delete(&rel, old).await?;
+            }
+        }
+        Message::Truncate {
+            cascade,
+            restart_identity,
+            relids,
+        } => {
+            let mut rels = Vec::new();
+            for relid in relids {
+                let rel = cache.get(relid)?.clone();
+                if wanted(rel.skip_before) {
+                    rels.push(rel);
+                }
+            }
+            applier.truncate(&rels, cascade, restart_identity).await?;
+        }
+        Message::Begin { .. }
+        | Message::Commit { .. }
+        | Message::Origin { .. }
+        | Message::Message { .. } => {}
+    }
+    Ok(())
+}
