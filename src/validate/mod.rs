@@ -27,10 +27,16 @@
 //!
 //! Row values never appear in a report, a log or a response; only keys do (to find the row),
 //! and for keyless tables a row digest with the query that finds it.
+//!
+//! This module runs a validation ([`run`]) and keeps its report; `point.rs` opens the
+//! sessions at the consistent point and `checks.rs` turns what was found into each check's
+//! verdict.
 
 pub mod catalog;
+mod checks;
 pub mod data;
 pub mod digest;
+mod point;
 pub mod render;
 pub mod schema;
 pub mod service;
@@ -39,7 +45,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
@@ -50,16 +56,16 @@ use crate::config::Config;
 use crate::pg::catalog::{SourceTable, list_tables, select};
 use crate::pg::conn::ConnError;
 use crate::pg::name::TablePattern;
-use crate::pg::slot::{SlotError, create_slot_with_snapshot};
-use crate::pg::{Lsn, SqlContext, SqlError, TableName, server_major};
-use data::{DataResult, DiffKind, TablePlan};
+use crate::pg::slot::SlotError;
+use crate::pg::{Lsn, SqlError, TableName};
+use checks::{check, checksums_check, counts_differ, row_counts_check, sequences_check};
+use data::{DataResult, TablePlan};
+use point::{Pairs, open_sessions};
 
 /// Version of the persisted report (`state/validation.json`).
 pub const REPORT_VERSION: u32 = 1;
 /// The persisted report's file name in the state folder.
 pub const REPORT_FILE: &str = "validation.json";
-/// How long the apply may take to reach the source snapshot's position.
-const HOLD_WAIT: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -453,15 +459,6 @@ pub async fn run(
     })
 }
 
-fn check(name: CheckName, problems: Vec<String>, notes: Vec<String>) -> Check {
-    Check {
-        name,
-        passed: problems.is_empty(),
-        problems,
-        notes,
-    }
-}
-
 /// The configured selection's row-holding tables, narrowed by `opts.tables` (a pattern
 /// matches a table or its partition root).
 async fn selected_units(
@@ -492,285 +489,6 @@ async fn selected_units(
         .into_iter()
         .filter(|t| opts.tables.iter().any(|p| hits(p, t)))
         .collect())
-}
-
-fn counts_differ(t: &TableReport) -> bool {
-    !t.rows_estimated && t.source_rows != t.target_rows
-}
-
-/// Estimates differing by more than this fraction (and [`ESTIMATE_SLACK`] rows) fail.
-const ESTIMATE_TOLERANCE: f64 = 0.10;
-const ESTIMATE_SLACK: i64 = 1000;
-
-fn row_counts_check(tables: &[TableReport], mode: Mode) -> Check {
-    let mut problems = vec![];
-    let mut notes = vec![];
-    for t in tables {
-        let (Some(s), Some(g)) = (t.source_rows, t.target_rows) else {
-            if let Some(e) = &t.error {
-                problems.push(format!("table {}: {e}", t.table));
-            }
-            continue;
-        };
-        if t.rows_estimated && mode == Mode::Quick {
-            if s < 0 || g < 0 {
-                notes.push(format!(
-                    "table {}: no estimate yet (never analyzed on the {})",
-                    t.table,
-                    if s < 0 { "source" } else { "target" }
-                ));
-            } else if (s - g).abs() > ESTIMATE_SLACK
-                && (s - g).abs() as f64 > ESTIMATE_TOLERANCE * s.max(g) as f64
-            {
-                problems.push(format!(
-                    "table {}: about {s} rows on the source but about {g} on the target \
-                     (planner estimates)",
-                    t.table
-                ));
-            }
-        } else if s != g {
-            problems.push(format!(
-                "table {}: {s} rows on the source, {g} on the target{}",
-                t.table,
-                if t.rows_estimated {
-                    " (in the sampled key ranges)"
-                } else {
-                    ""
-                }
-            ));
-        }
-    }
-    if mode == Mode::Quick {
-        notes.push("row counts are planner estimates (pg_class.reltuples)".into());
-    }
-    check(CheckName::RowCounts, problems, notes)
-}
-
-fn checksums_check(tables: &[TableReport], plans: &[(usize, TablePlan)]) -> Check {
-    let mut problems = vec![];
-    let mut notes = vec![];
-    for (i, plan) in plans {
-        let t = &tables[*i];
-        if !t.columns_not_compared.is_empty() {
-            notes.push(format!(
-                "table {}: columns not on both sides were not compared: {}",
-                t.table,
-                t.columns_not_compared.join(", ")
-            ));
-        }
-        if let Some(e) = &t.error {
-            problems.push(format!("table {}: {e}", t.table));
-            continue;
-        }
-        let Some(d) = &t.data else { continue };
-        if d.equal {
-            continue;
-        }
-        let mut msg = format!("table {}: rows differ", t.table);
-        if plan.key.is_empty() {
-            msg.push_str(" (no key: compared as a multiset)");
-        } else {
-            msg.push_str(&format!(
-                " in {} of {} key range(s): {}",
-                d.differing_ranges.len(),
-                d.ranges_compared,
-                d.differing_ranges.join("; ")
-            ));
-        }
-        let listed: Vec<String> = d
-            .differences
-            .iter()
-            .map(|r| match (&r.kind, &r.key) {
-                (DiffKind::Changed, Some(k)) => format!("changed {k}"),
-                (DiffKind::MissingOnTarget, Some(k)) => format!("missing on target {k}"),
-                (DiffKind::ExtraOnTarget, Some(k)) => format!("extra on target {k}"),
-                _ => format!(
-                    "a row (digest {}) is {} time(s) on the source and {} on the target; \
-                     find it with: {}",
-                    r.digest.unwrap_or_default(),
-                    r.source_count.unwrap_or_default(),
-                    r.target_count.unwrap_or_default(),
-                    data::find_by_digest_sql(plan, false, r.digest.unwrap_or_default())
-                ),
-            })
-            .collect();
-        if !listed.is_empty() {
-            msg.push_str(&format!(
-                "; first differing rows: {}{}",
-                listed.join(", "),
-                if d.more_differences { ", …" } else { "" }
-            ));
-        }
-        problems.push(msg);
-    }
-    check(CheckName::Checksums, problems, notes)
-}
-
-async fn sequences_check(
-    src: &Client,
-    tgt: &Client,
-    schemas: &[String],
-    tables: &[TableName],
-) -> Result<Check, ValidateError> {
-    let (s, t) = tokio::try_join!(
-        schema::sequences(src, schemas),
-        schema::sequences(tgt, schemas)
-    )?;
-    let fed = schema::fed_columns(tgt, schemas).await?;
-    let mut problems = vec![];
-    for (name, sv) in &s {
-        let Some(tv) = t.get(name) else {
-            problems.push(format!("sequence {name} is not on the target"));
-            continue;
-        };
-        let mut problem = schema::sequence_problem(name, sv, tv, None);
-        if problem.is_none() {
-            for (_, table, column) in fed.iter().filter(|(seq, tb, _)| {
-                seq == name && tables.iter().any(|t| t == tb || t.schema == tb.schema)
-            }) {
-                let extreme = schema::column_extreme(tgt, table, column, sv.increment < 0).await?;
-                let label = format!("{}.{column}", table.display_plain());
-                if let Some(x) = extreme
-                    && let Some(p) =
-                        schema::sequence_problem(name, sv, tv, Some((label.as_str(), x)))
-                {
-                    problem = Some(p);
-                    break;
-                }
-            }
-        }
-        problems.extend(problem);
-    }
-    Ok(check(CheckName::Sequences, problems, vec![]))
-}
-
-/// One source session and one target session per job, at the consistent point.
-type Pairs = Vec<(Client, Client)>;
-
-async fn open_sessions(
-    cfg: &Config,
-    jobs: usize,
-    point: Point<'_>,
-) -> Result<(Pairs, Consistency), ValidateError> {
-    let mut src = vec![];
-    let mut tgt = vec![];
-    for _ in 0..jobs {
-        src.push(cfg.source.connect("pgcutover-validate").await?);
-        tgt.push(cfg.target.connect("pgcutover-validate").await?);
-    }
-    const BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
-    let consistency = match point {
-        Point::Live => {
-            return Ok((
-                src.into_iter().zip(tgt).collect(),
-                Consistency {
-                    kind: "live".into(),
-                    source_lsn: None,
-                    note: "compared without snapshots while both sides may change: approximate"
-                        .into(),
-                },
-            ));
-        }
-        Point::Static => {
-            export_and_share(&src).await?;
-            export_and_share(&tgt).await?;
-            let src_lsn = lsn_of(&src[0], "SELECT pg_current_wal_lsn()::text").await?;
-            let applied = lsn_of(
-                &tgt[0],
-                "SELECT coalesce((SELECT applied_lsn::text FROM pgcutover.migration LIMIT 1), '')",
-            )
-            .await
-            .ok()
-            .flatten();
-            let mut note = "one snapshot per side: exact when nothing writes to either \
-                            database (after a cutover's fence, or with replication stopped)"
-                .to_string();
-            if let (Some(s), Some(a)) = (src_lsn, applied)
-                && s > a
-            {
-                note.push_str(&format!(
-                    "; the target has applied the source up to {a} and the source is at {s} \
-                     ({} bytes ahead), so recent changes may show as differences",
-                    s.bytes_since(a)
-                ));
-            }
-            Consistency {
-                kind: "static".into(),
-                source_lsn: src_lsn,
-                note,
-            }
-        }
-        Point::Held(control) => {
-            // 1. Stop the apply where it is, so it cannot pass the point taken next.
-            let mut first = control.hold(Lsn(0));
-            first.reached(Lsn(0), HOLD_WAIT).await?;
-            // 2. The source snapshot and its exact position.
-            let major = server_major(&src[0]).await?;
-            let slot = format!(
-                "pgcutover_validate_{}",
-                crate::status::unix_micros().rem_euclid(1_000_000_000)
-            );
-            let exported = create_slot_with_snapshot(&cfg.source, &slot, true, major).await?;
-            let point_lsn = exported.lsn;
-            for c in &src {
-                c.batch_execute(&format!(
-                    "{BEGIN}; SET TRANSACTION SNAPSHOT {}",
-                    crate::pg::quote_literal(&exported.name)
-                ))
-                .await
-                .ctx(|| "importing the source snapshot".into())?;
-            }
-            drop(exported);
-            // 3. The apply runs on to exactly that position; the target snapshot there.
-            let mut second = first.then_hold_at(point_lsn);
-            let at = second.reached(point_lsn, HOLD_WAIT).await?;
-            let shared = export_and_share(&tgt).await;
-            second.release();
-            shared?;
-            Consistency {
-                kind: "snapshot".into(),
-                source_lsn: Some(at),
-                note: format!(
-                    "source and target compared at the same transaction boundary (source \
-                     position {at}) while replication kept running: exact"
-                ),
-            }
-        }
-    };
-    Ok((src.into_iter().zip(tgt).collect(), consistency))
-}
-
-/// Export a snapshot from the first session and import it into the others.
-async fn export_and_share(clients: &[Client]) -> Result<(), ValidateError> {
-    const BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
-    let first = &clients[0];
-    first
-        .batch_execute(BEGIN)
-        .await
-        .ctx(|| "starting a snapshot".into())?;
-    let name: String = first
-        .query_one("SELECT pg_export_snapshot()", &[])
-        .await
-        .ctx(|| "exporting a snapshot".into())?
-        .get(0);
-    for c in &clients[1..] {
-        c.batch_execute(&format!(
-            "{BEGIN}; SET TRANSACTION SNAPSHOT {}",
-            crate::pg::quote_literal(&name)
-        ))
-        .await
-        .ctx(|| "importing a snapshot".into())?;
-    }
-    Ok(())
-}
-
-async fn lsn_of(c: &Client, sql: &str) -> Result<Option<Lsn>, ValidateError> {
-    let text: String = c
-        .query_one(sql, &[])
-        .await
-        .ctx(|| "reading a WAL position".into())?
-        .get(0);
-    Ok(text.parse().ok())
 }
 
 /// Compare the planned tables on `pairs` of sessions, the largest first; results in plan order.
