@@ -1,6 +1,9 @@
-//! TLS to both databases: a load over TLS-only servers, and verification that fails closed.
+//! TLS to both databases: a load and then the change stream over TLS-only servers, and
+//! verification that fails closed.
 
 mod common;
+
+use std::time::Duration;
 
 use common::*;
 use pgcutover::load;
@@ -9,7 +12,7 @@ use pgcutover::pg::conn::ConnInfo;
 use pgcutover::status::StatusBoard;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn loads_over_tls_and_verifies_certificates() {
+async fn loads_and_streams_over_tls_and_verifies_certificates() {
     let tls = ClusterOptions {
         tls: true,
         ..ClusterOptions::default()
@@ -19,7 +22,8 @@ async fn loads_over_tls_and_verifies_certificates() {
         .await
         .batch_execute(
             "CREATE TABLE t (id int PRIMARY KEY, v text);
-             INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 10000) g;",
+             INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 10000) g;
+             CREATE TABLE marker (id serial PRIMARY KEY);",
         )
         .await
         .unwrap();
@@ -37,6 +41,39 @@ async fn loads_over_tls_and_verifies_certificates() {
         digests(&pair.src().await).await,
         digests(&pair.tgt().await).await
     );
+
+    // The daemon resumes the migration and streams changes: START_REPLICATION, the apply
+    // sessions and the heartbeat all go through TLS too.
+    let (addr, stop, server) = start_daemon_with(cfg.clone()).await;
+    wait_for(
+        Duration::from_secs(60),
+        "the change stream to run",
+        || async { get(addr, "/status").await.1["stage"] == "cdc" },
+    )
+    .await;
+    let (src, tgt) = (pair.src().await, pair.tgt().await);
+    src.batch_execute(
+        "UPDATE t SET v = NULL WHERE id % 3 = 0;
+         DELETE FROM t WHERE id > 9000;
+         INSERT INTO t VALUES (20000, ''), (20001, NULL);",
+    )
+    .await
+    .unwrap();
+    wait_caught_up(&src, &tgt, Duration::from_secs(60)).await;
+    assert_eq!(digests(&src).await, digests(&tgt).await);
+    let walsender_ssl: Vec<bool> = src
+        .query(
+            "SELECT s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(walsender_ssl, vec![true], "one walsender, over TLS");
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
 
     // Plain connections are rejected by these servers, so the above really used TLS.
     let mut plain = pair.source.conn("app");
