@@ -98,6 +98,15 @@ pub struct CdcView {
     pub source_lsn: Option<Lsn>,
     /// WAL the source keeps for the slot (`pg_current_wal_lsn() - restart_lsn`).
     pub retained_wal_bytes: Option<u64>,
+    /// The slot's `wal_status` on the source (PostgreSQL 13+): `reserved` or `extended` are
+    /// fine; `unreserved` means the next checkpoint may remove WAL the slot needs; `lost`
+    /// means it did and the slot can no longer stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slot_wal_status: Option<String>,
+    /// How much more WAL the source may write before the slot is in danger (absent when
+    /// `max_slot_wal_keep_size` is unlimited).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slot_safe_wal_bytes: Option<i64>,
     pub changes_applied: u64,
     pub transactions_applied: u64,
     /// Batches applied on a target session of their own while the batch before them was
@@ -113,6 +122,14 @@ pub struct CdcView {
     /// Why the stream is down and being retried (absent while it runs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interrupted: Option<Interruption>,
+}
+
+/// The slot as `pg_replication_slots` shows it (the last two are NULL before PostgreSQL 13).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SlotState {
+    pub restart_lsn: Option<Lsn>,
+    pub wal_status: Option<String>,
+    pub safe_wal_bytes: Option<i64>,
 }
 
 /// A passing failure of the change stream, retried with backoff.
@@ -245,6 +262,11 @@ impl StatusBoard {
             cdc.retained_wal_bytes.map(|b| b as f64),
         );
         gauge(
+            "pgcutover_slot_safe_wal_bytes",
+            "WAL the source may still write before the slot is in danger (max_slot_wal_keep_size).",
+            cdc.slot_safe_wal_bytes.map(|b| b as f64),
+        );
+        gauge(
             "pgcutover_changes_applied",
             "Row changes applied by the change stream.",
             Some(cdc.changes_applied as f64),
@@ -272,6 +294,21 @@ impl StatusBoard {
             "# HELP pgcutover_stage The pipeline's stage (1 for the current one).\n\
              # TYPE pgcutover_stage gauge\npgcutover_stage{{stage=\"{stage}\"}} 1\n"
         ));
+        out.push_str(
+            "# HELP pgcutover_slot_wal_status The slot's wal_status on the source (1 for the \
+             current one; lost means it can no longer stream).\n\
+             # TYPE pgcutover_slot_wal_status gauge\n",
+        );
+        if let Some(status) = cdc.slot_wal_status.as_deref() {
+            // The server's own word, one of a few known values; anything else is not echoed.
+            let status = match status {
+                "reserved" | "extended" | "unreserved" | "lost" => status,
+                _ => "other",
+            };
+            out.push_str(&format!(
+                "pgcutover_slot_wal_status{{status=\"{status}\"}} 1\n"
+            ));
+        }
         out
     }
 
@@ -334,12 +371,14 @@ impl StatusBoard {
         self.lock().cdc.as_ref().map(|c| c.processed_lsn)
     }
 
-    /// The source's WAL position and the slot's restart position, read at a heartbeat.
-    pub fn source_wal(&self, current: Lsn, restart: Option<Lsn>) {
+    /// The source's WAL position and the slot's state, read at a heartbeat.
+    pub fn source_wal(&self, current: Lsn, slot: SlotState) {
         let mut g = self.lock();
         let c = g.cdc.get_or_insert_with(CdcView::default);
         c.source_lsn = Some(current);
-        c.retained_wal_bytes = restart.map(|r| current.bytes_since(r));
+        c.retained_wal_bytes = slot.restart_lsn.map(|r| current.bytes_since(r));
+        c.slot_wal_status = slot.wal_status;
+        c.slot_safe_wal_bytes = slot.safe_wal_bytes;
     }
 
     /// A heartbeat stamped `sent` (unix µs) was written to the source.
@@ -516,5 +555,48 @@ mod tests {
         let json = serde_json::to_value(&v).unwrap();
         assert_eq!(json["tables"][0]["state"], "done");
         assert_eq!(json["tables"][0]["snapshot_lsn"], "0/9");
+    }
+
+    #[test]
+    fn the_slot_state_shows_in_status_and_metrics() {
+        let board = StatusBoard::new("native", "m1");
+        let empty = board.metrics();
+        assert!(empty.contains("# TYPE pgcutover_slot_wal_status gauge"));
+        assert!(!empty.contains("pgcutover_slot_wal_status{"));
+        board.source_wal(
+            Lsn(0x3000),
+            SlotState {
+                restart_lsn: Some(Lsn(0x1000)),
+                wal_status: Some("unreserved".into()),
+                safe_wal_bytes: Some(-4096),
+            },
+        );
+        let v = serde_json::to_value(board.view()).unwrap();
+        assert_eq!(v["cdc"]["retained_wal_bytes"], 0x2000);
+        assert_eq!(v["cdc"]["slot_wal_status"], "unreserved");
+        assert_eq!(v["cdc"]["slot_safe_wal_bytes"], -4096);
+        let m = board.metrics();
+        assert!(
+            m.contains("pgcutover_slot_wal_status{status=\"unreserved\"} 1\n"),
+            "{m}"
+        );
+        assert!(m.contains("pgcutover_slot_safe_wal_bytes -4096\n"), "{m}");
+        assert!(
+            m.contains("pgcutover_slot_retained_wal_bytes 8192\n"),
+            "{m}"
+        );
+        // Whatever else a server might say is not echoed into a label.
+        board.source_wal(
+            Lsn(0x3000),
+            SlotState {
+                wal_status: Some("x\"} 1\nevil".into()),
+                ..SlotState::default()
+            },
+        );
+        assert!(
+            board
+                .metrics()
+                .contains("pgcutover_slot_wal_status{status=\"other\"} 1\n")
+        );
     }
 }

@@ -1587,3 +1587,64 @@ async fn statements_of_an_older_shape_of_a_table_are_freed() {
         "prepared statements per generation: {counts:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_that_lost_its_wal_stops_the_stream_with_what_to_do() {
+    let small_keep = pgcutover::pg::cluster::ClusterOptions {
+        settings: vec![("max_slot_wal_keep_size".into(), "1MB".into())],
+        ..Default::default()
+    };
+    let pair = Pair::start_with(small_keep).await;
+    let src = pair.src().await;
+    src.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'x' FROM generate_series(1, 1000) g;",
+    )
+    .await
+    .unwrap();
+    let (addr, stop, server) = start_daemon(&pair, "").await;
+    wait_for(LIMIT, "the slot's wal_status in /status", || async {
+        let (_, s) = get(addr, "/status").await;
+        s["stage"] == "cdc" && s["cdc"]["slot_wal_status"] == "reserved"
+    })
+    .await;
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+
+    // Without the daemon the source moves on, and a checkpoint removes the slot's WAL.
+    let wal_status = "SELECT coalesce(wal_status, '') FROM pg_replication_slots";
+    let src = &src;
+    wait_for(LIMIT, "the source to invalidate the slot", || async move {
+        src.batch_execute("UPDATE t SET v = v || 'y'; SELECT pg_switch_wal(); CHECKPOINT")
+            .await
+            .unwrap();
+        let status: String = src.query_one(wal_status, &[]).await.unwrap().get(0);
+        status == "lost"
+    })
+    .await;
+
+    // The stream is not retried for minutes with a hint about the network: it stops at once
+    // and says what happened and what to do.
+    let (addr, stop, server) = start_daemon(&pair, "").await;
+    wait_for(LIMIT, "the stream to stop", || async {
+        get(addr, "/status").await.1["stage"] == "stopped"
+    })
+    .await;
+    let (_, s) = get(addr, "/status").await;
+    let (error, hint) = (
+        s["error"]["error"].as_str().unwrap_or_default(),
+        s["error"]["hint"].as_str().unwrap_or_default(),
+    );
+    assert!(error.contains("replication slot"), "{s}");
+    assert!(
+        hint.contains("max_slot_wal_keep_size") && hint.contains("pgcutover cleanup"),
+        "{s}"
+    );
+    assert_eq!(s["cdc"]["reconnects"], 0, "{s}");
+    wait_for(LIMIT, "the lost slot in /status", || async {
+        get(addr, "/status").await.1["cdc"]["slot_wal_status"] == "lost"
+    })
+    .await;
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}

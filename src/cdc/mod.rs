@@ -126,6 +126,15 @@ impl CdcError {
                  ending): pgcutover retries with backoff; stop the other daemon if there is one",
                 e.slot
             ),
+            CdcError::Stream(e) if e.slot_lost() => format!(
+                "the source removed WAL that slot {} still needed (it fell more than \
+                 max_slot_wal_keep_size behind, for example while pgcutover was stopped), so \
+                 the changes in it are gone and the target can no longer be brought up to date \
+                 from this slot: run `pgcutover cleanup` and start the migration again (a new \
+                 full load); raise max_slot_wal_keep_size on the source, or keep the daemon \
+                 running, so that it does not happen again",
+                e.slot
+            ),
             CdcError::Stream(e) if !e.transient => "the slot, the publication or the \
                 replication role is gone or changed on the source; restore it, then POST \
                 /replication/resume"

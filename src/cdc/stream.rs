@@ -56,15 +56,32 @@ impl StreamError {
     pub fn slot_in_use(&self) -> bool {
         self.message.contains("55006") || self.message.contains("is active for PID")
     }
+
+    /// The source removed WAL the slot still needs: the slot was invalidated because it held
+    /// more than `max_slot_wal_keep_size` ("cannot read from logical replication slot" up to
+    /// PostgreSQL 15, "can no longer get changes from replication slot" from 16), or a
+    /// segment it needs is gone ("requested WAL segment … has already been removed", SQLSTATE
+    /// 58P01). No retry can bring those changes back.
+    pub fn slot_lost(&self) -> bool {
+        slot_lost(&self.message)
+    }
+}
+
+fn slot_lost(message: &str) -> bool {
+    message.contains("cannot read from logical replication slot")
+        || message.contains("can no longer get changes from replication slot")
+        || message.contains("has already been removed")
+        || message.contains("SQLSTATE 58P01")
 }
 
 fn stream_error(slot: &str, e: pgwire_replication::PgWireError) -> StreamError {
     let message = e.to_string();
-    // A slot or publication that is gone, or credentials that no longer work, will not come
+    // A slot or publication that is gone, a slot that lost its WAL, or credentials that no longer work, will not come
     // back by retrying; anything else (a dropped connection, a restarting server, a slot still
     // held by our previous session) may.
     let permanent = e.is_auth()
         || e.is_tls()
+        || slot_lost(&message)
         || message.contains("does not exist")
         || message.contains("permission denied")
         || message.contains("must be superuser or replication role");
@@ -200,5 +217,42 @@ impl Stream {
     pub async fn close(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.client.shutdown()).await;
         self.client.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgwire_replication::PgWireError;
+
+    #[test]
+    fn a_slot_that_lost_its_wal_is_not_retried() {
+        let lost = [
+            "cannot read from logical replication slot \"m\" (SQLSTATE 55000)",
+            "can no longer get changes from replication slot \"m\" (SQLSTATE 55000)",
+            "requested WAL segment 000000010000000000000003 has already been removed \
+             (SQLSTATE 58P01)",
+        ];
+        for message in lost {
+            let e = stream_error("m", PgWireError::Server(message.into()));
+            assert!(e.slot_lost() && !e.transient, "{message}");
+        }
+        let busy = stream_error(
+            "m",
+            PgWireError::Server(
+                "replication slot \"m\" is active for PID 7 (SQLSTATE 55006)".into(),
+            ),
+        );
+        assert!(busy.slot_in_use() && busy.transient && !busy.slot_lost());
+        let gone = stream_error(
+            "m",
+            PgWireError::Server("replication slot \"m\" does not exist (SQLSTATE 42704)".into()),
+        );
+        assert!(!gone.transient && !gone.slot_lost());
+        let io = stream_error(
+            "m",
+            PgWireError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset).into()),
+        );
+        assert!(io.transient && !io.slot_lost());
     }
 }
