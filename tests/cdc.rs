@@ -1589,7 +1589,7 @@ async fn statements_of_an_older_shape_of_a_table_are_freed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slot_that_lost_its_wal_stops_the_stream_with_what_to_do() {
+async fn a_slot_that_lost_its_wal_or_is_gone_stops_the_stream_with_what_to_do() {
     let small_keep = pgcutover::pg::cluster::ClusterOptions {
         settings: vec![("max_slot_wal_keep_size".into(), "1MB".into())],
         ..Default::default()
@@ -1645,6 +1645,29 @@ async fn a_slot_that_lost_its_wal_stops_the_stream_with_what_to_do() {
         get(addr, "/status").await.1["cdc"]["slot_wal_status"] == "lost"
     })
     .await;
+
+    // A slot that is gone altogether (dropped, or a failover to a server without it) is no
+    // better: recreating it would miss the changes since, so the hint says to start again.
+    src.batch_execute("SELECT pg_drop_replication_slot('pgcutover_t')")
+        .await
+        .unwrap();
+    let (code, _) = http(addr, "POST", "/replication/resume", None).await;
+    assert_eq!(code, 202);
+    wait_for(LIMIT, "the stream to stop on the missing slot", || async {
+        let (_, s) = get(addr, "/status").await;
+        s["stage"] == "stopped"
+            && s["error"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("does not exist"))
+    })
+    .await;
+    let (_, s) = get(addr, "/status").await;
+    let hint = s["error"]["hint"].as_str().unwrap_or_default();
+    assert!(
+        hint.contains("is gone") && hint.contains("pgcutover cleanup"),
+        "{s}"
+    );
+    assert_eq!(s["cdc"]["reconnects"], 0, "{s}");
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }

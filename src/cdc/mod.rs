@@ -135,9 +135,16 @@ impl CdcError {
                  running, so that it does not happen again",
                 e.slot
             ),
-            CdcError::Stream(e) if !e.transient => "the slot, the publication or the \
-                replication role is gone or changed on the source; restore it, then POST \
-                /replication/resume"
+            CdcError::Stream(e) if e.gone() => format!(
+                "slot {} or its publication is gone from the source (dropped, or the source \
+                 failed over to a server without them): the changes since the target's \
+                 position can no longer be streamed, and a new slot would miss them; run \
+                 `pgcutover cleanup` and start the migration again (a new full load)",
+                e.slot
+            ),
+            CdcError::Stream(e) if !e.transient => "the replication role's password, \
+                privileges or TLS settings no longer work on the source; restore them, then \
+                POST /replication/resume"
                 .into(),
             CdcError::Stream(_) | CdcError::Ended | CdcError::Conn(_) => {
                 "check that the source and the target are reachable; POST /replication/resume \

@@ -65,6 +65,12 @@ impl StreamError {
     pub fn slot_lost(&self) -> bool {
         slot_lost(&self.message)
     }
+
+    /// The slot or the publication is gone from the source (dropped, or the source failed
+    /// over to a server without them).
+    pub fn gone(&self) -> bool {
+        self.message.contains("does not exist")
+    }
 }
 
 fn slot_lost(message: &str) -> bool {
@@ -248,7 +254,7 @@ mod tests {
             "m",
             PgWireError::Server("replication slot \"m\" does not exist (SQLSTATE 42704)".into()),
         );
-        assert!(!gone.transient && !gone.slot_lost());
+        assert!(!gone.transient && !gone.slot_lost() && gone.gone());
         let io = stream_error(
             "m",
             PgWireError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset).into()),
