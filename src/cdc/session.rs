@@ -164,8 +164,16 @@ impl<'a> Session<'a> {
             (None, Some(started)) => Some(tokio::time::Instant::from_std(started + BATCH_LINGER)),
             _ => None,
         };
+        if let Ok(h) = holds.try_recv() {
+            self.pending_hold = Some(h);
+            return Ok(answered);
+        }
         let ev = match self.deferred.take() {
             Some(ev) => ev,
+            // An event ready at once (always, during a catch-up) needs no waiting on anything
+            // else: answers are read above, and hold requests and new tables were just looked
+            // at. This spares a select over five futures per event.
+            None if let Some(next) = self.stream.try_next() => next?.ok_or(CdcError::Ended)?,
             None => {
                 let next = tokio::select! {
                     // All cancel-safe: the stream and `recv` read channels, `changed` a watch.

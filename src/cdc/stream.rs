@@ -200,6 +200,15 @@ impl Stream {
         }
     }
 
+    /// The next event if one is ready now (`None`: [`Stream::next`] would wait).
+    pub fn try_next(&mut self) -> Option<Result<Option<Event>, StreamError>> {
+        if self.has_ready() {
+            self.peeked.take()
+        } else {
+            None
+        }
+    }
+
     /// Whether [`Stream::next`] would answer without waiting (an event, the end, or an error).
     pub fn has_ready(&mut self) -> bool {
         if self.peeked.is_some() {
