@@ -85,6 +85,10 @@ pub struct StatusView {
     pub cdc: Option<CdcView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorReport>,
+    /// Risks found before the load that do not stop it (e.g. a limit on the WAL the slot may
+    /// hold).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// The change stream, once it runs.
@@ -176,6 +180,7 @@ struct Inner {
     slot_lsn: Option<Lsn>,
     tables: BTreeMap<TableName, TableEntry>,
     error: Option<ErrorReport>,
+    warnings: Vec<String>,
     cdc: Option<CdcView>,
     heartbeats: Heartbeats,
 }
@@ -196,6 +201,7 @@ impl StatusBoard {
                 slot_lsn: None,
                 tables: BTreeMap::new(),
                 error: None,
+                warnings: Vec::new(),
                 cdc: None,
                 heartbeats: Heartbeats::default(),
             }),
@@ -310,6 +316,14 @@ impl StatusBoard {
             ));
         }
         out
+    }
+
+    /// A risk the operator should know of (kept once, however often it is reported).
+    pub fn warn(&self, warning: String) {
+        let mut g = self.lock();
+        if !g.warnings.contains(&warning) {
+            g.warnings.push(warning);
+        }
     }
 
     pub fn set_slot_lsn(&self, lsn: Lsn) {
@@ -529,6 +543,7 @@ impl StatusBoard {
             lag_seconds: g.cdc.as_ref().and_then(|_| Self::lag_seconds(&g)),
             cdc: g.cdc.clone(),
             error: g.error.clone(),
+            warnings: g.warnings.clone(),
         }
     }
 }

@@ -1608,6 +1608,15 @@ async fn a_slot_that_lost_its_wal_or_is_gone_stops_the_stream_with_what_to_do() 
         s["stage"] == "cdc" && s["cdc"]["slot_wal_status"] == "reserved"
     })
     .await;
+    // The risk was pointed out before the load.
+    let (_, s) = get(addr, "/status").await;
+    let warned = s["warnings"].as_array().is_some_and(|w| {
+        w.iter().any(|w| {
+            w.as_str()
+                .is_some_and(|w| w.contains("max_slot_wal_keep_size = 1 MB"))
+        })
+    });
+    assert!(warned, "{s}");
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 

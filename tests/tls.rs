@@ -72,6 +72,9 @@ async fn loads_and_streams_over_tls_and_verifies_certificates() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(walsender_ssl, vec![true], "one walsender, over TLS");
+    // No limit on the slot's WAL here, so nothing to warn of.
+    let (_, status) = get(addr, "/status").await;
+    assert!(status.get("warnings").is_none(), "{status}");
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 

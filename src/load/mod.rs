@@ -114,6 +114,10 @@ pub async fn run(cfg: &Config, status: Arc<StatusBoard>) -> Result<LoadOutcome, 
     status.set_stage(Stage::Preflight);
     let facts = preflight::check(cfg).await?;
     let (src, tgt) = (&facts.source, &facts.target);
+    for w in &facts.warnings {
+        tracing::warn!("{w}");
+        status.warn(w.clone());
+    }
 
     status.set_stage(Stage::Setup);
     let state_dir = cfg.state_dir.join(id.as_str());

@@ -69,6 +69,9 @@ pub struct Facts {
     /// Bookkeeping of an earlier run of this migration, if any.
     pub resume: Option<MigrationRow>,
     pub tools: Option<SchemaTools>,
+    /// Risks that do not stop the migration but that the operator should know of (shown in
+    /// `/status` and logged).
+    pub warnings: Vec<String>,
 }
 
 /// Show at most a few names.
@@ -101,7 +104,8 @@ pub async fn check(cfg: &Config) -> Result<Facts, PreflightError> {
         ));
         return Err(PreflightError { problems });
     }
-    let block_size = check_source_server(&src, &mut problems).await?;
+    let mut warnings = Vec::new();
+    let block_size = check_source_server(&src, &mut problems, &mut warnings).await?;
     let resume = progress::read_migration(&tgt, cfg.replication.migration_id.as_str()).await?;
     let resuming = resume.as_ref().is_some_and(|m| m.slot_lsn.is_some());
 
@@ -244,10 +248,15 @@ pub async fn check(cfg: &Config) -> Result<Facts, PreflightError> {
         excluded,
         resume,
         tools,
+        warnings,
     })
 }
 
-async fn check_source_server(src: &Client, problems: &mut Vec<Problem>) -> Result<u64, SqlError> {
+async fn check_source_server(
+    src: &Client,
+    problems: &mut Vec<Problem>,
+    warnings: &mut Vec<String>,
+) -> Result<u64, SqlError> {
     let r = src
         .query_one(
             "SELECT current_setting('wal_level'),
@@ -259,7 +268,9 @@ async fn check_source_server(src: &Client, problems: &mut Vec<Problem>) -> Resul
                     coalesce((SELECT pg_has_role(oid, 'MEMBER') FROM pg_roles
                                WHERE rolname = 'rds_replication'), false),
                     has_database_privilege(current_database(), 'CREATE'),
-                    current_setting('block_size')::int8
+                    current_setting('block_size')::int8,
+                    (SELECT setting::int8 FROM pg_settings
+                      WHERE name = 'max_slot_wal_keep_size')
                FROM pg_roles r WHERE r.rolname = current_user",
             &[],
         )
@@ -299,6 +310,16 @@ async fn check_source_server(src: &Client, problems: &mut Vec<Problem>) -> Resul
         problems.push(problem(
             "the source role may not create a publication (no CREATE on the database)",
             "GRANT CREATE ON DATABASE <db> TO <role>",
+        ));
+    }
+    // PostgreSQL 13+, in MB; -1 is unlimited.
+    if let Some(keep_mb) = r.get::<_, Option<i64>>(10).filter(|mb| *mb >= 0) {
+        warnings.push(format!(
+            "the source limits the WAL a slot may hold (max_slot_wal_keep_size = {keep_mb} MB): if \
+             it writes more than that before the change stream has caught up (during the full \
+             load, or while pgcutover is stopped), it invalidates the slot and the migration \
+             must start over; consider -1 (unlimited) for the migration, and watch \
+             cdc.slot_safe_wal_bytes in /status"
         ));
     }
     Ok(r.get::<_, i64>(9).max(1) as u64)
