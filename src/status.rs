@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+use crate::pg::slot::SlotState;
 use crate::pg::{Lsn, TableName};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -82,6 +83,8 @@ pub struct StatusView {
     pub lag_bytes: Option<u64>,
     pub lag_seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub slot: Option<SlotView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cdc: Option<CdcView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorReport>,
@@ -102,15 +105,6 @@ pub struct CdcView {
     pub source_lsn: Option<Lsn>,
     /// WAL the source keeps for the slot (`pg_current_wal_lsn() - restart_lsn`).
     pub retained_wal_bytes: Option<u64>,
-    /// The slot's `wal_status` on the source (PostgreSQL 13+): `reserved` or `extended` are
-    /// fine; `unreserved` means the next checkpoint may remove WAL the slot needs; `lost`
-    /// means it did and the slot can no longer stream.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub slot_wal_status: Option<String>,
-    /// How much more WAL the source may write before the slot is in danger (absent when
-    /// `max_slot_wal_keep_size` is unlimited).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub slot_safe_wal_bytes: Option<i64>,
     pub changes_applied: u64,
     pub transactions_applied: u64,
     /// Batches applied on a target session of their own while the batch before them was
@@ -128,11 +122,20 @@ pub struct CdcView {
     pub interrupted: Option<Interruption>,
 }
 
-/// The slot as `pg_replication_slots` shows it (the last two are NULL before PostgreSQL 13).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SlotState {
-    pub restart_lsn: Option<Lsn>,
+/// The migration's slot on the source, read every few seconds from the moment it exists
+/// (during the full load too, when it holds the most WAL).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SlotView {
+    /// WAL the source keeps for the slot (`pg_current_wal_lsn() - restart_lsn`).
+    pub retained_wal_bytes: Option<u64>,
+    /// `pg_replication_slots.wal_status` (PostgreSQL 13+): `reserved` or `extended` are fine;
+    /// `unreserved` means the source's next checkpoint may remove WAL the slot needs; `lost`
+    /// means it did and the slot can no longer stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub wal_status: Option<String>,
+    /// How much more WAL the source may write before the slot is in danger (absent when
+    /// `max_slot_wal_keep_size` is unlimited).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub safe_wal_bytes: Option<i64>,
 }
 
@@ -181,6 +184,7 @@ struct Inner {
     tables: BTreeMap<TableName, TableEntry>,
     error: Option<ErrorReport>,
     warnings: Vec<String>,
+    slot: Option<SlotView>,
     cdc: Option<CdcView>,
     heartbeats: Heartbeats,
 }
@@ -202,6 +206,7 @@ impl StatusBoard {
                 tables: BTreeMap::new(),
                 error: None,
                 warnings: Vec::new(),
+                slot: None,
                 cdc: None,
                 heartbeats: Heartbeats::default(),
             }),
@@ -262,15 +267,16 @@ impl StatusBoard {
             v.lag_seconds,
         );
         let cdc = v.cdc.clone().unwrap_or_default();
+        let slot = v.slot.clone().unwrap_or_default();
         gauge(
             "pgcutover_slot_retained_wal_bytes",
             "WAL the source keeps for the slot.",
-            cdc.retained_wal_bytes.map(|b| b as f64),
+            slot.retained_wal_bytes.map(|b| b as f64),
         );
         gauge(
             "pgcutover_slot_safe_wal_bytes",
             "WAL the source may still write before the slot is in danger (max_slot_wal_keep_size).",
-            cdc.slot_safe_wal_bytes.map(|b| b as f64),
+            slot.safe_wal_bytes.map(|b| b as f64),
         );
         gauge(
             "pgcutover_changes_applied",
@@ -305,7 +311,7 @@ impl StatusBoard {
              current one; lost means it can no longer stream).\n\
              # TYPE pgcutover_slot_wal_status gauge\n",
         );
-        if let Some(status) = cdc.slot_wal_status.as_deref() {
+        if let Some(status) = slot.wal_status.as_deref() {
             // The server's own word, one of a few known values; anything else is not echoed.
             let status = match status {
                 "reserved" | "extended" | "unreserved" | "lost" => status,
@@ -385,14 +391,26 @@ impl StatusBoard {
         self.lock().cdc.as_ref().map(|c| c.processed_lsn)
     }
 
-    /// The source's WAL position and the slot's state, read at a heartbeat.
-    pub fn source_wal(&self, current: Lsn, slot: SlotState) {
+    /// The source's WAL position, read at a heartbeat.
+    pub fn source_wal(&self, current: Lsn) {
         let mut g = self.lock();
-        let c = g.cdc.get_or_insert_with(CdcView::default);
-        c.source_lsn = Some(current);
-        c.retained_wal_bytes = slot.restart_lsn.map(|r| current.bytes_since(r));
-        c.slot_wal_status = slot.wal_status;
-        c.slot_safe_wal_bytes = slot.safe_wal_bytes;
+        g.cdc.get_or_insert_with(CdcView::default).source_lsn = Some(current);
+    }
+
+    /// The slot's state as just read; returns its `wal_status` before (to log a change).
+    pub fn slot_state(&self, state: SlotState) -> Option<String> {
+        let mut g = self.lock();
+        let retained = state.retained_bytes();
+        if let Some(c) = g.cdc.as_mut() {
+            c.retained_wal_bytes = retained;
+        }
+        let before = g.slot.take().and_then(|s| s.wal_status);
+        g.slot = Some(SlotView {
+            retained_wal_bytes: retained,
+            wal_status: state.wal_status,
+            safe_wal_bytes: state.safe_wal_bytes,
+        });
+        before
     }
 
     /// A heartbeat stamped `sent` (unix µs) was written to the source.
@@ -541,6 +559,7 @@ impl StatusBoard {
                 .as_ref()
                 .and_then(|c| Some(c.source_lsn?.bytes_since(c.processed_lsn))),
             lag_seconds: g.cdc.as_ref().and_then(|_| Self::lag_seconds(&g)),
+            slot: g.slot.clone(),
             cdc: g.cdc.clone(),
             error: g.error.clone(),
             warnings: g.warnings.clone(),
@@ -578,18 +597,19 @@ mod tests {
         let empty = board.metrics();
         assert!(empty.contains("# TYPE pgcutover_slot_wal_status gauge"));
         assert!(!empty.contains("pgcutover_slot_wal_status{"));
-        board.source_wal(
-            Lsn(0x3000),
-            SlotState {
-                restart_lsn: Some(Lsn(0x1000)),
-                wal_status: Some("unreserved".into()),
-                safe_wal_bytes: Some(-4096),
-            },
-        );
+        // During the load: a slot block, no change-stream block.
+        let before = board.slot_state(SlotState {
+            current_lsn: Lsn(0x3000),
+            restart_lsn: Some(Lsn(0x1000)),
+            wal_status: Some("unreserved".into()),
+            safe_wal_bytes: Some(-4096),
+        });
+        assert_eq!(before, None);
         let v = serde_json::to_value(board.view()).unwrap();
-        assert_eq!(v["cdc"]["retained_wal_bytes"], 0x2000);
-        assert_eq!(v["cdc"]["slot_wal_status"], "unreserved");
-        assert_eq!(v["cdc"]["slot_safe_wal_bytes"], -4096);
+        assert!(v.get("cdc").is_none(), "{v}");
+        assert_eq!(v["slot"]["retained_wal_bytes"], 0x2000);
+        assert_eq!(v["slot"]["wal_status"], "unreserved");
+        assert_eq!(v["slot"]["safe_wal_bytes"], -4096);
         let m = board.metrics();
         assert!(
             m.contains("pgcutover_slot_wal_status{status=\"unreserved\"} 1\n"),
@@ -600,14 +620,19 @@ mod tests {
             m.contains("pgcutover_slot_retained_wal_bytes 8192\n"),
             "{m}"
         );
-        // Whatever else a server might say is not echoed into a label.
-        board.source_wal(
-            Lsn(0x3000),
-            SlotState {
-                wal_status: Some("x\"} 1\nevil".into()),
-                ..SlotState::default()
-            },
-        );
+        // During the stream the change-stream block shows the retained WAL too.
+        board.source_wal(Lsn(0x5000));
+        let before = board.slot_state(SlotState {
+            current_lsn: Lsn(0x5000),
+            restart_lsn: Some(Lsn(0x4000)),
+            // Whatever else a server might say is not echoed into a label.
+            wal_status: Some("x\"} 1\nevil".into()),
+            safe_wal_bytes: None,
+        });
+        assert_eq!(before.as_deref(), Some("unreserved"));
+        let v = serde_json::to_value(board.view()).unwrap();
+        assert_eq!(v["cdc"]["retained_wal_bytes"], 0x1000);
+        assert!(v["slot"].get("safe_wal_bytes").is_none(), "{v}");
         assert!(
             board
                 .metrics()

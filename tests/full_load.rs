@@ -25,6 +25,28 @@ async fn loads_every_type_exactly_with_split_tables() {
         .await
         .expect("load succeeds");
     assert_eq!(status.stage(), Stage::Loaded);
+    // The slot holds the source's WAL from its creation on, and /status says how much.
+    let slot = status.view().slot.expect("the slot's state");
+    assert_eq!(slot.wal_status.as_deref(), Some("reserved"));
+    assert!(slot.retained_wal_bytes > Some(0), "{slot:?}");
+    // What reads it every few seconds during a load, here every 50 ms.
+    let mut seen = Vec::new();
+    let watch = pgcutover::pg::slot::watch_slot(
+        &cfg.source,
+        "pgcutover_t",
+        std::time::Duration::from_millis(50),
+        |s| {
+            seen.push(s);
+            None
+        },
+    );
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), watch).await;
+    assert!(seen.len() >= 3, "{seen:?}");
+    assert!(
+        seen.iter()
+            .all(|s| s.wal_status.as_deref() == Some("reserved") && s.restart_lsn.is_some()),
+        "{seen:?}"
+    );
 
     let (src, tgt) = (pair.src().await, pair.tgt().await);
     let (a, b) = (digests(&src).await, digests(&tgt).await);

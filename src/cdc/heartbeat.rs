@@ -3,18 +3,18 @@
 //! source's WAL position and the slot's retained WAL for `/status`. The same connection looks
 //! for new tables now and then.
 //!
-//! It also watches the slot's `wal_status` (PostgreSQL 13+): `unreserved` means the slot holds
-//! more WAL than `max_slot_wal_keep_size` allows and the source's next checkpoint may remove it;
-//! `lost` means it did, and the slot can no longer stream (see [`super::stream`]). Both are
-//! logged once as they happen and shown in `/status` and `/metrics`, with `safe_wal_size`: how
-//! much more WAL the source may write before the slot is in danger.
+//! It also reads the slot's state ([`crate::pg::slot::slot_state`]: retained WAL,
+//! `wal_status`, `safe_wal_size`), as the full load did before it, and logs a `wal_status`
+//! that turns `unreserved` or `lost` (see [`super::stream`] for what a lost slot does to the
+//! stream).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::pg::slot;
 use crate::pg::{Lsn, SqlContext, SqlError, TableName};
-use crate::status::{SlotState, StatusBoard, unix_micros};
+use crate::status::{StatusBoard, unix_micros};
 
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 const NEW_TABLE_CHECK_EVERY: u64 = 10;
@@ -42,7 +42,6 @@ pub(super) async fn run(
     let slot = cfg.replication.migration_id.slot_name();
     let mut client = None;
     let mut warned = false;
-    let mut wal_status: Option<String> = None;
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for beat in 0u64.. {
@@ -63,15 +62,9 @@ pub(super) async fn run(
         let sent = unix_micros();
         let result = c
             .query_one(
-                // `to_jsonb` reads columns that PostgreSQL 12 does not have as NULL.
                 "SELECT pg_logical_emit_message(false, $1, $2)::text,
-                        pg_current_wal_lsn()::text,
-                        s.restart_lsn::text,
-                        to_jsonb(s) ->> 'wal_status',
-                        (to_jsonb(s) ->> 'safe_wal_size')::bigint
-                   FROM (SELECT) AS one
-                   LEFT JOIN pg_replication_slots s ON s.slot_name = $3",
-                &[&prefix, &sent.to_string(), &slot],
+                        pg_current_wal_lsn()::text",
+                &[&prefix, &sent.to_string()],
             )
             .await
             .ctx(|| "writing a heartbeat on the source".into());
@@ -80,17 +73,13 @@ pub(super) async fn run(
                 warned = false;
                 status.heartbeat_sent(sent);
                 let current: Option<Lsn> = row.get::<_, String>(1).parse().ok();
-                let slot_state = SlotState {
-                    restart_lsn: row.get::<_, Option<String>>(2).and_then(|s| s.parse().ok()),
-                    wal_status: row.get(3),
-                    safe_wal_bytes: row.get(4),
-                };
-                if slot_state.wal_status != wal_status {
-                    report_wal_status(&slot, wal_status.as_deref(), &slot_state);
-                    wal_status = slot_state.wal_status.clone();
-                }
                 if let Some(current) = current {
-                    status.source_wal(current, slot_state);
+                    status.source_wal(current);
+                }
+                if let Ok(Some(state)) = slot::slot_state(c, &slot).await {
+                    let now = state.clone();
+                    let before = status.slot_state(state);
+                    slot::log_wal_status_change(&slot, before.as_deref(), &now);
                 }
                 if beat % NEW_TABLE_CHECK_EVERY == 0 {
                     match unknown_tables(c, &cfg, &known).await {
@@ -116,24 +105,6 @@ pub(super) async fn run(
                 }
             }
         }
-    }
-}
-
-/// Log a change of the slot's `wal_status` that matters to the operator.
-fn report_wal_status(slot: &str, before: Option<&str>, now: &SlotState) {
-    let safe = now.safe_wal_bytes;
-    match now.wal_status.as_deref() {
-        Some("unreserved") => tracing::warn!(%slot, safe_wal_bytes = safe,
-            "the slot holds more WAL than max_slot_wal_keep_size allows: the source may remove \
-             it at its next checkpoint, and then the change stream cannot go on; let the apply \
-             catch up, or raise max_slot_wal_keep_size on the source"),
-        Some("lost") => tracing::error!(%slot,
-            "the source removed WAL the slot still needed (max_slot_wal_keep_size): the change \
-             stream cannot go on from this slot"),
-        Some(status) if matches!(before, Some("unreserved" | "lost")) => {
-            tracing::info!(%slot, wal_status = status, "the slot's WAL is safe again")
-        }
-        _ => {}
     }
 }
 

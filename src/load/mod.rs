@@ -61,6 +61,11 @@ pub enum LoadError {
     Sql(#[from] SqlError),
     #[error("replication slot {slot} recorded by an earlier run is gone from the source")]
     SlotLost { slot: String },
+    #[error(
+        "the source invalidated replication slot {slot}: it removed WAL the slot still needed \
+         (max_slot_wal_keep_size)"
+    )]
+    SlotInvalidated { slot: String },
     #[error("publication {publication} recorded by an earlier run is gone from the source")]
     PublicationLost { publication: String },
     #[error("a copy worker stopped unexpectedly: {0}")]
@@ -86,6 +91,14 @@ impl LoadError {
             LoadError::Copy(_) | LoadError::Sql(_) => "restart pgcutover once the cause is \
                 fixed: tables already copied are kept, the rest is copied again"
                 .into(),
+            LoadError::SlotInvalidated { .. } => {
+                "changes since the load began can no longer be replayed: run `pgcutover \
+                 cleanup`, empty the target, and start the migration again; raise \
+                 max_slot_wal_keep_size on the source (or set it to -1) for the time of the \
+                 migration, so that the slot keeps the WAL of a long load or of a stopped \
+                 daemon"
+                    .into()
+            }
             LoadError::SlotLost { .. } | LoadError::PublicationLost { .. } => {
                 "changes since the load began can no longer be replayed: run `pgcutover \
                  cleanup`, empty the target, and start the migration again"
@@ -106,8 +119,49 @@ pub struct LoadOutcome {
     pub tables: BTreeMap<TableName, LoadedTable>,
 }
 
+/// How often the slot's state is read during the load.
+const SLOT_WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Run (or resume) the full load of the configured migration.
+///
+/// The slot holds every byte of WAL the source writes until the change stream has caught up,
+/// so a long load is when it holds the most: its state (retained WAL, `wal_status`) is read
+/// into `/status` every [`SLOT_WATCH_EVERY`] from the moment it exists.
 pub async fn run(cfg: &Config, status: Arc<StatusBoard>) -> Result<LoadOutcome, LoadError> {
+    let slot = cfg.replication.migration_id.slot_name();
+    let watch = slot::watch_slot(&cfg.source, &slot, SLOT_WATCH_EVERY, |s| {
+        status.slot_state(s)
+    });
+    tokio::select! {
+        r = run_load(cfg, status.clone()) => r,
+        never = watch => match never {},
+    }
+}
+
+/// Read the slot's state into `status`; an invalidated slot ends the load.
+async fn check_slot(
+    src: &tokio_postgres::Client,
+    slot_name: &str,
+    status: &StatusBoard,
+) -> Result<(), LoadError> {
+    let Some(state) = slot::slot_state(src, slot_name).await? else {
+        return Err(LoadError::SlotLost {
+            slot: slot_name.to_string(),
+        });
+    };
+    let lost = state.wal_status.as_deref() == Some("lost");
+    let now = state.clone();
+    let before = status.slot_state(state);
+    slot::log_wal_status_change(slot_name, before.as_deref(), &now);
+    if lost {
+        return Err(LoadError::SlotInvalidated {
+            slot: slot_name.to_string(),
+        });
+    }
+    Ok(())
+}
+
+async fn run_load(cfg: &Config, status: Arc<StatusBoard>) -> Result<LoadOutcome, LoadError> {
     let id = cfg.replication.migration_id.clone();
     let slot_name = id.slot_name();
     let publication = id.publication_name();
@@ -156,6 +210,7 @@ pub async fn run(cfg: &Config, status: Arc<StatusBoard>) -> Result<LoadOutcome, 
             if slot::slot_info(src, &slot_name).await?.is_none() {
                 return Err(LoadError::SlotLost { slot: slot_name });
             }
+            check_slot(src, &slot_name, &status).await?;
             if !slot::publication_exists(src, &publication).await? {
                 return Err(LoadError::PublicationLost { publication });
             }
@@ -290,6 +345,9 @@ pub async fn run(cfg: &Config, status: Arc<StatusBoard>) -> Result<LoadOutcome, 
             "indexes and constraints built"
         );
     }
+    // A load that outlasted the WAL the source keeps for the slot is of no use: say so now,
+    // rather than when the stream starts.
+    check_slot(src, &slot_name, &status).await?;
     progress::set_stage(tgt, id.as_str(), "loaded").await?;
     let tables = progress::loaded_tables(tgt, id.as_str()).await?;
     status.set_stage(Stage::Loaded);

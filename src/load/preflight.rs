@@ -319,7 +319,7 @@ async fn check_source_server(
              it writes more than that before the change stream has caught up (during the full \
              load, or while pgcutover is stopped), it invalidates the slot and the migration \
              must start over; consider -1 (unlimited) for the migration, and watch \
-             cdc.slot_safe_wal_bytes in /status"
+             slot.safe_wal_bytes in /status"
         ));
     }
     Ok(r.get::<_, i64>(9).max(1) as u64)

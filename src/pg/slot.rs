@@ -157,6 +157,97 @@ pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, 
     }))
 }
 
+/// How much WAL the source keeps for a slot, and whether it is safe (the last two are NULL
+/// before PostgreSQL 13).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SlotState {
+    /// The source's current WAL position when it was read.
+    pub current_lsn: Lsn,
+    pub restart_lsn: Option<Lsn>,
+    /// `reserved` or `extended` are fine; `unreserved` means the source's next checkpoint
+    /// may remove WAL the slot needs (it holds more than `max_slot_wal_keep_size`); `lost`
+    /// means it did, and the slot can no longer stream.
+    pub wal_status: Option<String>,
+    /// How much more WAL the source may write before the slot is in danger (`None` when
+    /// `max_slot_wal_keep_size` is unlimited).
+    pub safe_wal_bytes: Option<i64>,
+}
+
+impl SlotState {
+    /// WAL the source keeps for the slot.
+    pub fn retained_bytes(&self) -> Option<u64> {
+        self.restart_lsn.map(|r| self.current_lsn.bytes_since(r))
+    }
+}
+
+/// The slot's state, or `None` when there is no such slot.
+pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>, SqlError> {
+    // `to_jsonb` reads the columns PostgreSQL 12 does not have as NULL.
+    let row = client
+        .query_opt(
+            "SELECT pg_current_wal_lsn()::text, restart_lsn::text,
+                    to_jsonb(s) ->> 'wal_status', (to_jsonb(s) ->> 'safe_wal_size')::int8
+               FROM pg_replication_slots s WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .ctx(|| format!("reading the state of replication slot {slot}"))?;
+    Ok(row.map(|r| SlotState {
+        current_lsn: r.get::<_, String>(0).parse().unwrap_or(Lsn::ZERO),
+        restart_lsn: r.get::<_, Option<String>>(1).and_then(|s| s.parse().ok()),
+        wal_status: r.get(2),
+        safe_wal_bytes: r.get(3),
+    }))
+}
+
+/// Log a change of the slot's `wal_status` that matters to the operator: `unreserved` (a
+/// warning: the next checkpoint may remove its WAL), `lost`, and safe again.
+pub fn log_wal_status_change(slot: &str, before: Option<&str>, now: &SlotState) {
+    if before == now.wal_status.as_deref() {
+        return;
+    }
+    let safe = now.safe_wal_bytes;
+    match now.wal_status.as_deref() {
+        Some("unreserved") => tracing::warn!(%slot, safe_wal_bytes = safe,
+            "the slot holds more WAL than max_slot_wal_keep_size allows: the source may remove \
+             it at its next checkpoint, and then the change stream cannot go on; let the apply \
+             catch up, or raise max_slot_wal_keep_size on the source"),
+        Some("lost") => tracing::error!(%slot,
+            "the source removed WAL the slot still needed (max_slot_wal_keep_size): the change \
+             stream cannot go on from this slot"),
+        Some(status) if matches!(before, Some("unreserved" | "lost")) => {
+            tracing::info!(%slot, wal_status = status, "the slot's WAL is safe again")
+        }
+        _ => {}
+    }
+}
+
+/// Read the slot's state into `status` every `every` (and log changes of its `wal_status`),
+/// for as long as the returned future is polled. Failures are skipped: the next read tries
+/// again on a new connection.
+pub async fn watch_slot(
+    conn: &ConnInfo,
+    slot: &str,
+    every: std::time::Duration,
+    mut report: impl FnMut(SlotState) -> Option<String>,
+) -> std::convert::Infallible {
+    let mut client: Option<Client> = None;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if client.as_ref().is_none_or(|c| c.is_closed()) {
+            client = conn.connect("pgcutover-slot-watch").await.ok();
+        }
+        let Some(c) = &client else { continue };
+        if let Ok(Some(state)) = slot_state(c, slot).await {
+            let now = state.clone();
+            let before = report(state);
+            log_wal_status_change(slot, before.as_deref(), &now);
+        }
+    }
+}
+
 /// Drop a slot if it exists, ending the session that holds it first. Returns whether a slot
 /// was dropped.
 pub async fn drop_slot(client: &Client, slot: &str) -> Result<bool, SqlError> {
