@@ -1,12 +1,10 @@
 //! The heartbeat: once a second the daemon writes a non-transactional logical message
 //! stamped with its own clock into the source's WAL (see "Lag" in [`super`]), and reads the
-//! source's WAL position and the slot's retained WAL for `/status`. The same connection looks
-//! for new tables now and then.
-//!
-//! It also reads the slot's state ([`crate::pg::slot::slot_state`]: retained WAL,
-//! `wal_status`, `safe_wal_size`), as the full load did before it, and logs a `wal_status`
-//! that turns `unreserved` or `lost` (see [`super::stream`] for what a lost slot does to the
-//! stream).
+//! source's WAL position for `lag_bytes` and the slot's state
+//! ([`crate::pg::slot::slot_state`]: retained WAL, `wal_status`, `safe_wal_size`), as the full
+//! load did before it, logging a `wal_status` that turns `unreserved` or `lost` (see
+//! [`super::stream`] for what a lost slot does to the stream). The same connection looks for
+//! new tables now and then.
 
 use std::sync::Arc;
 use std::time::Duration;

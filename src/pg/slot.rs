@@ -222,9 +222,10 @@ pub fn log_wal_status_change(slot: &str, before: Option<&str>, now: &SlotState) 
     }
 }
 
-/// Read the slot's state into `status` every `every` (and log changes of its `wal_status`),
-/// for as long as the returned future is polled. Failures are skipped: the next read tries
-/// again on a new connection.
+/// Read the slot's state every `every` and hand it to `report` (which returns the
+/// `wal_status` it replaces, so that a change is logged), for as long as the returned future
+/// is polled. Failures are skipped: the next read tries again, on a new connection if the
+/// old one broke.
 pub async fn watch_slot(
     conn: &ConnInfo,
     slot: &str,
