@@ -1720,3 +1720,83 @@ async fn a_migration_resumed_on_an_invalidated_slot_fails_with_what_to_do() {
     let _ = stop.send(());
     let _ = server.await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_removed_from_the_publication_is_reported_then_copied_again() {
+    let pair = Pair::start().await;
+    let (src, tgt) = (pair.src().await, pair.tgt().await);
+    src.batch_execute(
+        "CREATE TABLE kept (id int PRIMARY KEY, v int);
+         CREATE TABLE left_out (id int PRIMARY KEY, v int);
+         CREATE TABLE marker (id serial PRIMARY KEY);
+         INSERT INTO kept SELECT g, 0 FROM generate_series(1, 1000) g;
+         INSERT INTO left_out SELECT g, 0 FROM generate_series(1, 1000) g;",
+    )
+    .await
+    .unwrap();
+    let (addr, stop, server) = start_daemon(&pair, "").await;
+    wait_for(LIMIT, "the change stream to run", || async {
+        get(addr, "/status").await.1["stage"] == "cdc"
+    })
+    .await;
+
+    // Someone takes a table out of the migration's publication: its changes stop coming.
+    run_each(
+        &src,
+        &[
+            "ALTER PUBLICATION pgcutover_t DROP TABLE left_out",
+            "UPDATE left_out SET v = 1",
+            "DELETE FROM left_out WHERE id > 900",
+            "UPDATE kept SET v = 1",
+        ],
+    )
+    .await;
+    wait_for(LIMIT, "the stream to stop naming the table", || async {
+        let (_, s) = get(addr, "/status").await;
+        s["stage"] == "stopped"
+            && s["error"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("public.left_out") && !e.contains("kept"))
+    })
+    .await;
+    let (_, s) = get(addr, "/status").await;
+    assert!(
+        s["error"]["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("/replication/resume") && h.contains("copies them again")),
+        "{s}"
+    );
+    assert_eq!(
+        scalar(&tgt, "SELECT count(*) FROM left_out WHERE v = 1").await,
+        0,
+        "the removed table's changes were streamed after all"
+    );
+
+    // On the operator's word it is published and copied again, and the stream goes on.
+    let (code, _) = http(addr, "POST", "/replication/resume", None).await;
+    assert_eq!(code, 202);
+    wait_for(LIMIT, "the stream to run again", || async {
+        get(addr, "/status").await.1["stage"] == "cdc"
+    })
+    .await;
+    run_each(
+        &src,
+        &[
+            "UPDATE left_out SET v = 2 WHERE id <= 10",
+            "UPDATE kept SET v = 2 WHERE id <= 10",
+        ],
+    )
+    .await;
+    assert_same(&pair).await;
+    assert_eq!(
+        scalar(
+            &src,
+            "SELECT count(*) FROM pg_publication_tables
+              WHERE pubname = 'pgcutover_t' AND tablename = 'left_out'"
+        )
+        .await,
+        1
+    );
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}

@@ -17,6 +17,22 @@ use crate::status::{StatusBoard, unix_micros};
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 const NEW_TABLE_CHECK_EVERY: u64 = 10;
 
+/// How the source's tables drifted from the migration, as the heartbeat last saw it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Drift {
+    /// Tables (or partitions) the patterns select that the migration does not have.
+    pub new: Vec<TableName>,
+    /// Tables the migration copied and still selects, but whose table (or partition root)
+    /// someone removed from the migration's publication: their changes are not streamed.
+    pub unpublished: Vec<TableName>,
+}
+
+impl Drift {
+    pub fn is_empty(&self) -> bool {
+        self.new.is_empty() && self.unpublished.is_empty()
+    }
+}
+
 /// Prefix of our heartbeat messages, per migration so that two migrations from one source
 /// never read each other's.
 pub(super) fn prefix(cfg: &Config) -> String {
@@ -29,12 +45,13 @@ pub(super) fn prefix(cfg: &Config) -> String {
 /// Once a second: stamp a heartbeat into the source's WAL and read its WAL position and the
 /// slot's retained WAL. Failures are logged and retried; lag then shows as growing. Every
 /// [`NEW_TABLE_CHECK_EVERY`] heartbeats, look for tables (or partitions) created on the source
-/// that the patterns select but the migration does not have, and report them on `new_tables`.
+/// that the patterns select but the migration does not have, and for migrated tables removed
+/// from the publication, and report them on `drift`.
 pub(super) async fn run(
     cfg: Config,
     status: Arc<StatusBoard>,
     known: Vec<TableName>,
-    new_tables: tokio::sync::watch::Sender<Vec<TableName>>,
+    drift: tokio::sync::watch::Sender<Drift>,
 ) {
     let prefix = prefix(&cfg);
     let slot = cfg.replication.migration_id.slot_name();
@@ -80,9 +97,9 @@ pub(super) async fn run(
                     slot::log_wal_status_change(&slot, before.as_deref(), &now);
                 }
                 if beat % NEW_TABLE_CHECK_EVERY == 0 {
-                    match unknown_tables(c, &cfg, &known).await {
+                    match drift_of(c, &cfg, &known).await {
                         Ok(found) if !found.is_empty() => {
-                            new_tables.send_if_modified(|v| {
+                            drift.send_if_modified(|v| {
                                 let changed = *v != found;
                                 *v = found;
                                 changed
@@ -106,23 +123,28 @@ pub(super) async fn run(
     }
 }
 
-/// Tables holding rows that the configured patterns select on the source now, but that the
-/// migration did not load.
-async fn unknown_tables(
+/// Compare the source's tables and the migration's publication with what the migration has.
+async fn drift_of(
     source: &tokio_postgres::Client,
     cfg: &Config,
     known: &[TableName],
-) -> Result<Vec<TableName>, SqlError> {
+) -> Result<Drift, SqlError> {
     let all = crate::pg::catalog::list_tables(source).await?;
     let Ok(selection) =
         crate::pg::catalog::select(&all, &cfg.replication.tables, &cfg.replication.exclude)
     else {
-        return Ok(Vec::new());
+        return Ok(Drift::default());
     };
-    Ok(selection
-        .units
-        .into_iter()
-        .map(|t| t.name)
-        .filter(|t| !known.contains(t))
-        .collect())
+    let publication = cfg.replication.migration_id.publication_name();
+    let published = slot::publication_tables(source, &publication).await?;
+    let mut drift = Drift::default();
+    for unit in selection.units {
+        let top = unit.root.as_ref().unwrap_or(&unit.name);
+        if !known.contains(&unit.name) {
+            drift.new.push(unit.name);
+        } else if !published.contains(top) {
+            drift.unpublished.push(unit.name);
+        }
+    }
+    Ok(drift)
 }

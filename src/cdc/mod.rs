@@ -38,7 +38,10 @@
 //! A broken connection (either side) is retried with backoff from the recorded position. A
 //! change the target refuses, or a schema difference, stops the apply with an error in
 //! `/status` (stage `stopped`) and waits for `POST /replication/resume` (or a restart); the
-//! transaction being applied is rolled back, so nothing is half-applied.
+//! transaction being applied is rolled back, so nothing is half-applied. So do what no retry
+//! can mend: a slot whose WAL the source removed, a slot or publication that is gone (the
+//! changes since cannot be had any more: the hint says to start again), and a table found
+//! removed from the publication or new on the source (a resume has the load copy it, again).
 //!
 //! ## Lag
 //!
@@ -66,7 +69,7 @@ use tokio::sync::Notify;
 use crate::config::Config;
 use crate::load::LoadOutcome;
 use crate::pg::conn::ConnError;
-use crate::pg::{Lsn, SqlError};
+use crate::pg::{Lsn, SqlError, TableName};
 use crate::status::{ErrorReport, StatusBoard};
 use apply::ApplyError;
 use decode::DecodeError;
@@ -103,6 +106,12 @@ pub enum CdcError {
     Conn(#[from] ConnError),
     #[error("new table(s) on the source match replication.tables but are not replicated yet: {}", tables.join(", "))]
     NewTables { tables: Vec<String> },
+    #[error(
+        "table(s) removed from the migration's publication on the source, so their changes are \
+         not streamed: {}",
+        tables.iter().map(|t| t.display_plain()).collect::<Vec<_>>().join(", ")
+    )]
+    Unpublished { tables: Vec<TableName> },
 }
 
 impl CdcError {
@@ -114,7 +123,10 @@ impl CdcError {
             CdcError::Apply(e) => e.is_transient(),
             CdcError::Sql(e) | CdcError::Relation(RelationError::Sql(e)) => e.is_transient(),
             CdcError::Conn(_) => true,
-            CdcError::Decode(_) | CdcError::Relation(_) | CdcError::NewTables { .. } => false,
+            CdcError::Decode(_)
+            | CdcError::Relation(_)
+            | CdcError::NewTables { .. }
+            | CdcError::Unpublished { .. } => false,
         }
     }
 
@@ -157,6 +169,13 @@ impl CdcError {
             CdcError::Relation(e) => e.hint(),
             CdcError::Apply(e) => e.hint(),
             CdcError::Sql(_) => "check the target's log for the reason".into(),
+            CdcError::Unpublished { .. } => "someone ran ALTER PUBLICATION … DROP TABLE (or \
+                SET TABLE) on the source, and their copies on the target miss the changes \
+                since: POST /replication/resume (or restart pgcutover) adds them back to the \
+                publication and copies them again from a new snapshot, and the stream goes on; \
+                to leave them out of the migration instead, list them in replication.exclude \
+                and restart"
+                .into(),
             CdcError::NewTables { .. } => "create them on the target with the same columns \
                 (or exclude them in replication.exclude), then POST /replication/resume or \
                 restart pgcutover: they are added to the publication and copied, and the \
@@ -245,15 +264,17 @@ pub async fn run_dedicated(
 }
 
 /// Stream changes from the end of the full load. Returns only when new tables were found on
-/// the source and the operator asked to go on: the caller then runs the load again (which
-/// adds and copies them) and calls this again.
+/// the source, or migrated ones were removed from the publication, and the operator asked to
+/// go on: the caller then runs the load again (which adds them to the publication and copies
+/// them; removed ones are forgotten here first, so that they are copied again) and calls this
+/// again.
 pub async fn run(
     cfg: &Config,
     status: Arc<StatusBoard>,
     load: &crate::load::LoadOutcome,
     control: Arc<Control>,
 ) {
-    let (new_tx, new_rx) = tokio::sync::watch::channel(Vec::new());
+    let (new_tx, new_rx) = tokio::sync::watch::channel(heartbeat::Drift::default());
     let _heartbeat = AbortOnDrop(tokio::spawn(heartbeat::run(
         cfg.clone(),
         status.clone(),
@@ -301,11 +322,41 @@ pub async fn run(
         status.stop(report);
         control.resume.notified().await;
         tracing::info!("resuming the change stream");
-        if matches!(err, CdcError::NewTables { .. }) {
-            return;
+        match err {
+            CdcError::NewTables { .. } => return,
+            CdcError::Unpublished { tables } => {
+                // Their load progress goes, so the load copies them again; until that is
+                // recorded the stream must not go on (it would skip their changes for good).
+                let mut forgotten = forget_tables(cfg, &tables).await;
+                while let Err(e) = forgotten {
+                    let report = ErrorReport {
+                        error: e.to_string(),
+                        hint: "check that the target is reachable, then POST \
+                               /replication/resume"
+                            .into(),
+                    };
+                    tracing::error!(error = %report.error, "cannot mark tables for copying again");
+                    status.stop(report);
+                    control.resume.notified().await;
+                    forgotten = forget_tables(cfg, &tables).await;
+                }
+                return;
+            }
+            _ => {}
         }
         retries = 0;
     }
+}
+
+/// Forget the load progress of `tables`, so that the next load copies them again.
+async fn forget_tables(cfg: &Config, tables: &[TableName]) -> Result<(), CdcError> {
+    let target = cfg.target.connect("pgcutover-cdc").await?;
+    let id = cfg.replication.migration_id.as_str();
+    for t in tables {
+        crate::load::progress::forget_table(&target, id, t).await?;
+        tracing::info!(table = %t.display_plain(), "table will be copied again");
+    }
+    Ok(())
 }
 
 /// Ends a background task when its owner ends (the pipeline task is aborted at shutdown).

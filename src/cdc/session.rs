@@ -20,10 +20,11 @@ use tokio::sync::{mpsc, watch};
 
 use super::apply::{Applier, Committed};
 use super::decode::{self, Message};
+use super::heartbeat::{self, Drift};
 use super::hold::Hold;
 use super::relation::RelationCache;
 use super::stream::{Event, Stream};
-use super::{BATCH_AGE, BATCH_CHANGES, BATCH_LINGER, CdcError, Control, heartbeat};
+use super::{BATCH_AGE, BATCH_CHANGES, BATCH_LINGER, CdcError, Control};
 use crate::config::Config;
 use crate::load::LoadOutcome;
 use crate::pg::{Lsn, TableName};
@@ -37,7 +38,7 @@ pub(super) async fn run(
     load: &LoadOutcome,
     control: &Control,
     progressed: &mut bool,
-    mut new_tables: watch::Receiver<Vec<TableName>>,
+    mut new_tables: watch::Receiver<Drift>,
 ) -> CdcError {
     let mut holds = control.holds_rx.lock().await;
     let mut session = match Session::open(cfg, status, load).await {
@@ -136,7 +137,7 @@ impl<'a> Session<'a> {
     async fn step(
         &mut self,
         holds: &mut mpsc::UnboundedReceiver<Hold>,
-        new_tables: &mut watch::Receiver<Vec<TableName>>,
+        new_tables: &mut watch::Receiver<Drift>,
     ) -> Result<bool, CdcError> {
         let hold_due = self
             .pending_hold
@@ -153,9 +154,14 @@ impl<'a> Session<'a> {
             return Ok(answered);
         }
         let found = new_tables.borrow_and_update().clone();
-        if !found.is_empty() {
+        if !found.unpublished.is_empty() {
+            return Err(CdcError::Unpublished {
+                tables: found.unpublished,
+            });
+        }
+        if !found.new.is_empty() {
             return Err(CdcError::NewTables {
-                tables: found.iter().map(|t| t.display_plain()).collect(),
+                tables: found.new.iter().map(|t| t.display_plain()).collect(),
             });
         }
         // A batch open between source transactions commits when its linger is over, even if

@@ -126,7 +126,7 @@ const SLOT_WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 ///
 /// The slot holds every byte of WAL the source writes until the change stream has caught up,
 /// so a long load is when it holds the most: its state (retained WAL, `wal_status`) is read
-/// into `/status` every [`SLOT_WATCH_EVERY`] from the moment it exists.
+/// into `/status` every 5 s from the moment it exists.
 pub async fn run(cfg: &Config, status: Arc<StatusBoard>) -> Result<LoadOutcome, LoadError> {
     let slot = cfg.replication.migration_id.slot_name();
     let watch = slot::watch_slot(&cfg.source, &slot, SLOT_WATCH_EVERY, |s| {
