@@ -1659,7 +1659,8 @@ async fn a_slot_that_lost_its_wal_or_is_gone_stops_the_stream_with_what_to_do() 
         hint.contains("max_slot_wal_keep_size") && hint.contains("pgcutover cleanup"),
         "{s}"
     );
-    assert!(s["cdc"]["reconnects"].as_u64() <= Some(1), "{s}");
+    // (A reconnect or two while the walsender was being ended are fine; not twenty.)
+    assert!(s["cdc"]["reconnects"].as_u64() < Some(5), "{s}");
     wait_for(LIMIT, "the lost slot in /status", || async {
         get(addr, "/status").await.1["slot"]["wal_status"] == "lost"
     })
