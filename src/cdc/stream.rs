@@ -69,7 +69,9 @@ impl StreamError {
     /// The slot or the publication is gone from the source (dropped, or the source failed
     /// over to a server without them).
     pub fn gone(&self) -> bool {
-        self.message.contains("does not exist")
+        let m = &self.message;
+        m.contains("does not exist")
+            && (m.contains("replication slot") || m.contains("publication"))
     }
 }
 
@@ -82,9 +84,9 @@ fn slot_lost(message: &str) -> bool {
 
 fn stream_error(slot: &str, e: pgwire_replication::PgWireError) -> StreamError {
     let message = e.to_string();
-    // A slot or publication that is gone, a slot that lost its WAL, or credentials that no longer work, will not come
-    // back by retrying; anything else (a dropped connection, a restarting server, a slot still
-    // held by our previous session) may.
+    // A slot or publication that is gone, a slot that lost its WAL, or credentials that no
+    // longer work, will not come back by retrying; anything else (a dropped connection, a
+    // restarting server, a slot still held by our previous session) may.
     let permanent = e.is_auth()
         || e.is_tls()
         || slot_lost(&message)
@@ -264,6 +266,11 @@ mod tests {
             PgWireError::Server("replication slot \"m\" does not exist (SQLSTATE 42704)".into()),
         );
         assert!(!gone.transient && !gone.slot_lost() && gone.gone());
+        let role = stream_error(
+            "m",
+            PgWireError::Server("role \"app\" does not exist (SQLSTATE 28000)".into()),
+        );
+        assert!(!role.transient && !role.gone());
         let io = stream_error(
             "m",
             PgWireError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset).into()),
