@@ -1801,3 +1801,47 @@ async fn a_table_removed_from_the_publication_is_reported_then_copied_again() {
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publication_dropped_under_the_stream_stops_it_as_gone() {
+    let pair = Pair::start().await;
+    let src = pair.src().await;
+    src.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v int);
+         INSERT INTO t SELECT g, 0 FROM generate_series(1, 100) g;",
+    )
+    .await
+    .unwrap();
+    let (addr, stop, server) = start_daemon(&pair, "").await;
+    wait_for(LIMIT, "the change stream to run", || async {
+        get(addr, "/status").await.1["stage"] == "cdc"
+    })
+    .await;
+    src.batch_execute("DROP PUBLICATION pgcutover_t")
+        .await
+        .unwrap();
+    // Past the heartbeat's next look at the publication (every 10 s): a publication that is
+    // gone is not reported as tables removed from it (a resume could not copy them again).
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(get(addr, "/status").await.1["stage"], "cdc");
+    // The next change makes the walsender look for the publication.
+    src.batch_execute("UPDATE t SET v = 1 WHERE id = 1")
+        .await
+        .unwrap();
+    wait_for(LIMIT, "the stream to stop", || async {
+        get(addr, "/status").await.1["stage"] == "stopped"
+    })
+    .await;
+    let (_, s) = get(addr, "/status").await;
+    let (error, hint) = error_and_hint(&s);
+    assert!(
+        error.contains("publication") && error.contains("does not exist"),
+        "{s}"
+    );
+    assert!(
+        hint.contains("is gone") && hint.contains("pgcutover cleanup"),
+        "{s}"
+    );
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}

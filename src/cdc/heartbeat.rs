@@ -136,13 +136,18 @@ async fn drift_of(
         return Ok(Drift::default());
     };
     let publication = cfg.replication.migration_id.publication_name();
-    let published = slot::publication_tables(source, &publication).await?;
+    // A publication dropped altogether is not a drift of its tables: the stream stops on it
+    // at the next change, saying the publication is gone (there is no resuming from that).
+    let published = match slot::publication_exists(source, &publication).await? {
+        true => Some(slot::publication_tables(source, &publication).await?),
+        false => None,
+    };
     let mut drift = Drift::default();
     for unit in selection.units {
         let top = unit.root.as_ref().unwrap_or(&unit.name);
         if !known.contains(&unit.name) {
             drift.new.push(unit.name);
-        } else if !published.contains(top) {
+        } else if published.as_ref().is_some_and(|p| !p.contains(top)) {
             drift.unpublished.push(unit.name);
         }
     }
