@@ -67,11 +67,13 @@ impl StreamError {
     }
 
     /// The slot or the publication is gone from the source (dropped, or the source failed
-    /// over to a server without them).
+    /// over to a server without them). SQLSTATE 42704 (undefined object) says it whatever
+    /// the language of the server's messages.
     pub fn gone(&self) -> bool {
         let m = &self.message;
-        m.contains("does not exist")
-            && (m.contains("replication slot") || m.contains("publication"))
+        m.contains("SQLSTATE 42704")
+            || (m.contains("does not exist")
+                && (m.contains("replication slot") || m.contains("publication")))
     }
 }
 
@@ -91,6 +93,7 @@ fn stream_error(slot: &str, e: pgwire_replication::PgWireError) -> StreamError {
         || e.is_tls()
         || slot_lost(&message)
         || message.contains("does not exist")
+        || message.contains("SQLSTATE 42704")
         || message.contains("permission denied")
         || message.contains("must be superuser or replication role");
     StreamError {
@@ -271,6 +274,14 @@ mod tests {
             PgWireError::Server("role \"app\" does not exist (SQLSTATE 28000)".into()),
         );
         assert!(!role.transient && !role.gone());
+        // A server speaking another language is still understood by its SQLSTATE.
+        let localized = stream_error(
+            "m",
+            PgWireError::Server(
+                "le slot de réplication « m » n'existe pas (SQLSTATE 42704)".into(),
+            ),
+        );
+        assert!(!localized.transient && localized.gone());
         let io = stream_error(
             "m",
             PgWireError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset).into()),
