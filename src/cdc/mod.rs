@@ -274,12 +274,12 @@ pub async fn run(
     load: &crate::load::LoadOutcome,
     control: Arc<Control>,
 ) {
-    let (new_tx, new_rx) = tokio::sync::watch::channel(heartbeat::Drift::default());
+    let (drift_tx, drift_rx) = tokio::sync::watch::channel(heartbeat::Drift::default());
     let _heartbeat = AbortOnDrop(tokio::spawn(heartbeat::run(
         cfg.clone(),
         status.clone(),
         load.tables.keys().cloned().collect(),
-        new_tx,
+        drift_tx,
     )));
     let mut retries = 0u32;
     loop {
@@ -290,7 +290,7 @@ pub async fn run(
             load,
             &control,
             &mut progressed,
-            new_rx.clone(),
+            drift_rx.clone(),
         )
         .await;
         if progressed {

@@ -38,7 +38,7 @@ pub(super) async fn run(
     load: &LoadOutcome,
     control: &Control,
     progressed: &mut bool,
-    mut new_tables: watch::Receiver<Drift>,
+    mut drift: watch::Receiver<Drift>,
 ) -> CdcError {
     let mut holds = control.holds_rx.lock().await;
     let mut session = match Session::open(cfg, status, load).await {
@@ -46,7 +46,7 @@ pub(super) async fn run(
         Err(e) => return e,
     };
     let err = loop {
-        match session.step(&mut holds, &mut new_tables).await {
+        match session.step(&mut holds, &mut drift).await {
             Ok(answered) => *progressed |= answered,
             Err(e) => break e,
         }
@@ -132,12 +132,12 @@ impl<'a> Session<'a> {
     }
 
     /// Commit what is due, read the answers that came in, hold if asked, then take one event
-    /// (or wake for an answer, a linger's end, new tables or a hold request). Returns whether
-    /// a batch's commit was answered.
+    /// (or wake for an answer, a linger's end, a drift of the source's tables or a hold
+    /// request). Returns whether a batch's commit was answered.
     async fn step(
         &mut self,
         holds: &mut mpsc::UnboundedReceiver<Hold>,
-        new_tables: &mut watch::Receiver<Drift>,
+        drift: &mut watch::Receiver<Drift>,
     ) -> Result<bool, CdcError> {
         let hold_due = self
             .pending_hold
@@ -153,7 +153,7 @@ impl<'a> Session<'a> {
             self.pending_hold = h.wait(self.applied).await;
             return Ok(answered);
         }
-        let found = new_tables.borrow_and_update().clone();
+        let found = drift.borrow_and_update().clone();
         if !found.unpublished.is_empty() {
             return Err(CdcError::Unpublished {
                 tables: found.unpublished,
@@ -187,7 +187,7 @@ impl<'a> Session<'a> {
                     // Cancel-safe too: an answer that came in stays for `collect`.
                     _ = self.applier.answer() => return Ok(answered),
                     _ = sleep_until_some(linger_until) => return Ok(answered),
-                    _ = new_tables.changed() => return Ok(answered),
+                    _ = drift.changed() => return Ok(answered),
                     h = holds.recv() => {
                         self.pending_hold = h;
                         return Ok(answered);
