@@ -9,7 +9,8 @@
 //! 3. **schema** pre-data, in one transaction with its record ([`schema`]);
 //! 4. **copy** by N workers sharing one snapshot ([`copy`], [`plan`]); each chunk commits
 //!    with its progress row;
-//! 5. **post-data** (indexes, constraints) with `pg_restore -j N`.
+//! 5. **post-data** (indexes, constraints) with `pg_restore -j N`, then the materialized
+//!    views refreshed ([`schema::refresh_matviews`]).
 //!
 //! ## Resume
 //!
@@ -338,12 +339,31 @@ async fn run_load(cfg: &Config, status: Arc<StatusBoard>) -> Result<LoadOutcome,
             cfg.replication.parallel_workers,
         )
         .await?;
-        progress::set_schema_state(tgt, id.as_str(), SchemaState::Done).await?;
         tracing::info!(
             items = n,
             secs = started.elapsed().as_secs_f64(),
             "indexes and constraints built"
         );
+        let started = Instant::now();
+        let views = schema::refresh_matviews(src, tgt).await?;
+        if views.done > 0 {
+            tracing::info!(
+                views = views.done,
+                secs = started.elapsed().as_secs_f64(),
+                "materialized views refreshed on the target"
+            );
+        }
+        for (view, error) in views.failed {
+            let w = format!(
+                "materialized view {} could not be refreshed on the target ({error}): it stays \
+                 unpopulated there, and queries on it fail, until REFRESH MATERIALIZED VIEW \
+                 succeeds on the target",
+                view.display_plain()
+            );
+            tracing::warn!("{w}");
+            status.warn(w);
+        }
+        progress::set_schema_state(tgt, id.as_str(), SchemaState::Done).await?;
     }
     // A load that outlasted the WAL the source keeps for the slot is of no use: say so now,
     // rather than when the stream starts.

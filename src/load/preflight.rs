@@ -270,7 +270,8 @@ async fn check_source_server(
                     has_database_privilege(current_database(), 'CREATE'),
                     current_setting('block_size')::int8,
                     (SELECT setting::int8 FROM pg_settings
-                      WHERE name = 'max_slot_wal_keep_size')
+                      WHERE name = 'max_slot_wal_keep_size'),
+                    (SELECT count(*) FROM pg_largeobject_metadata)
                FROM pg_roles r WHERE r.rolname = current_user",
             &[],
         )
@@ -320,6 +321,16 @@ async fn check_source_server(
              load, or while pgcutover is stopped), it invalidates the slot and the migration \
              must start over; consider -1 (unlimited) for the migration, and watch \
              slot.safe_wal_bytes in /status"
+        ));
+    }
+    let large_objects: i64 = r.get(11);
+    if large_objects > 0 {
+        warnings.push(format!(
+            "the source has {large_objects} large object(s) (pg_largeobject): neither logical \
+             replication nor pgcutover carries them, so they will be missing on the target; \
+             copy them separately just before the switch, for example `pg_dump -Fc -b -f \
+             lo.dump`, `pg_restore -l lo.dump | grep BLOB > lo.list`, `pg_restore -L lo.list \
+             -d <target> lo.dump`"
         ));
     }
     Ok(r.get::<_, i64>(9).max(1) as u64)

@@ -19,6 +19,7 @@ use std::process::Stdio;
 
 use tokio::process::Command;
 use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
 
 use crate::pg::conn::ConnInfo;
 use crate::pg::tools::{ToolError, find_tool};
@@ -337,6 +338,84 @@ pub async fn apply_post_data(
     .arg(archive);
     run("pg_restore --section=post-data", with_conn(cmd, target)).await?;
     Ok(todo.len())
+}
+
+/// Materialized views the schema copy left empty on the target, filled from the copied data.
+#[derive(Debug, Default)]
+pub struct Refreshed {
+    pub done: usize,
+    /// Views whose refresh the target refused, with its message: they stay unpopulated.
+    pub failed: Vec<(TableName, String)>,
+}
+
+const MATVIEWS: &str = "SELECT n.nspname, c.relname FROM pg_class c
+      JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.relkind = 'm' AND c.relispopulated = $1 AND n.nspname <> 'pgcutover'
+     ORDER BY 1, 2";
+
+/// Refresh on the target the materialized views that are populated on the source. A
+/// schema-only dump creates them `WITH NO DATA` (their contents are data, not schema), so
+/// without this every query on them fails on the target after the switch. Views built on
+/// other views are refreshed after those: a refresh refused because a view it reads is not
+/// populated yet (SQLSTATE 55000) is tried again in the next pass. A view the target cannot
+/// refresh for another reason (a function that fails there, say) does not stop the
+/// migration: it is returned in `failed`. Those already populated on the target are left
+/// alone, so a resumed run only does what is left.
+pub async fn refresh_matviews(source: &Client, target: &Client) -> Result<Refreshed, SqlError> {
+    let names = |rows: Vec<tokio_postgres::Row>| -> Vec<TableName> {
+        rows.iter()
+            .map(|r| TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+            .collect()
+    };
+    let populated: HashSet<TableName> = names(
+        source
+            .query(MATVIEWS, &[&true])
+            .await
+            .ctx(|| "listing the source's materialized views".into())?,
+    )
+    .into_iter()
+    .collect();
+    let mut todo: Vec<(TableName, String)> = names(
+        target
+            .query(MATVIEWS, &[&false])
+            .await
+            .ctx(|| "listing the target's materialized views".into())?,
+    )
+    .into_iter()
+    .filter(|v| populated.contains(v))
+    .map(|v| (v, String::new()))
+    .collect();
+    let mut out = Refreshed::default();
+    // A pass that refreshes nothing ends it (what is left waits on views that failed), so
+    // there are at most as many passes as views.
+    while !todo.is_empty() {
+        let before = todo.len();
+        let mut waiting = Vec::new();
+        for (view, _) in std::mem::take(&mut todo) {
+            match target
+                .batch_execute(&format!("REFRESH MATERIALIZED VIEW {view}"))
+                .await
+            {
+                Ok(()) => out.done += 1,
+                Err(e) if e.as_db_error().is_none() => {
+                    return Err(SqlError {
+                        context: format!("refreshing {} on the target", view.display_plain()),
+                        source: e,
+                    });
+                }
+                Err(e) if e.code() == Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE) => {
+                    waiting.push((view, crate::pg::error_text(&e)));
+                }
+                Err(e) => out.failed.push((view, crate::pg::error_text(&e))),
+            }
+        }
+        todo = waiting;
+        if todo.len() == before {
+            break;
+        }
+    }
+    out.failed.extend(todo);
+    Ok(out)
 }
 
 #[cfg(test)]
