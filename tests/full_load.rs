@@ -90,6 +90,30 @@ async fn loads_every_type_exactly_with_split_tables() {
         ],
     )
     .await;
+    // Every copied table that has rows has planner statistics, and the partitioned table's
+    // parent has its own (autovacuum never analyzes a parent).
+    let stats = |t: String, inherited: bool| {
+        let tgt = &tgt;
+        async move {
+            scalar(
+                tgt,
+                &format!(
+                    "SELECT count(*) FROM pg_statistic
+                      WHERE starelid = '{}'::regclass AND stainherit = {inherited}",
+                    t.replace('\'', "''")
+                ),
+            )
+            .await
+        }
+    };
+    for t in user_tables(&tgt).await {
+        let rows = scalar(&tgt, &format!("SELECT count(*) FROM {t}")).await;
+        assert!(
+            rows == 0 || stats(t.clone(), false).await > 0,
+            "no statistics for {t}"
+        );
+    }
+    assert!(stats("measurements".into(), true).await > 0);
     // Generated columns are computed by the target and match.
     let bad = scalar(
         &tgt,

@@ -10,7 +10,8 @@
 //! 4. **copy** by N workers sharing one snapshot ([`copy`], [`plan`]); each chunk commits
 //!    with its progress row;
 //! 5. **post-data** (indexes, constraints) with `pg_restore -j N`, then the materialized
-//!    views refreshed ([`schema::refresh_matviews`]).
+//!    views refreshed ([`schema::refresh_matviews`]);
+//! 6. **statistics**: `ANALYZE` of what was copied (not recorded, see [`analyze`]).
 //!
 //! ## Resume
 //!
@@ -26,6 +27,7 @@
 //! stream has every change; it applies a change to a table only if the change committed at
 //! or after that table's snapshot position, and so nothing is missed or applied twice.
 
+pub mod analyze;
 pub mod copy;
 pub mod plan;
 pub mod preflight;
@@ -60,6 +62,8 @@ pub enum LoadError {
     Copy(#[from] CopyError),
     #[error(transparent)]
     Sql(#[from] SqlError),
+    #[error(transparent)]
+    Conn(#[from] crate::pg::conn::ConnError),
     #[error("replication slot {slot} recorded by an earlier run is gone from the source")]
     SlotLost { slot: String },
     #[error(
@@ -69,7 +73,7 @@ pub enum LoadError {
     SlotInvalidated { slot: String },
     #[error("publication {publication} recorded by an earlier run is gone from the source")]
     PublicationLost { publication: String },
-    #[error("a copy worker stopped unexpectedly: {0}")]
+    #[error("a load worker stopped unexpectedly: {0}")]
     WorkerPanicked(String),
     #[error("cannot create the state folder {path}: {source}")]
     StateDir {
@@ -89,9 +93,11 @@ impl LoadError {
                 .unwrap_or_default(),
             LoadError::Slot(e) => e.hint(),
             LoadError::Schema(e) => e.hint(),
-            LoadError::Copy(_) | LoadError::Sql(_) => "restart pgcutover once the cause is \
+            LoadError::Copy(_) | LoadError::Sql(_) | LoadError::Conn(_) => {
+                "restart pgcutover once the cause is \
                 fixed: tables already copied are kept, the rest is copied again"
-                .into(),
+                    .into()
+            }
             LoadError::SlotInvalidated { .. } => {
                 "changes since the load began can no longer be replayed: run `pgcutover \
                  cleanup`, empty the target, and start the migration again; raise \
@@ -364,6 +370,26 @@ async fn run_load(cfg: &Config, status: Arc<StatusBoard>) -> Result<LoadOutcome,
             status.warn(w);
         }
         progress::set_schema_state(tgt, id.as_str(), SchemaState::Done).await?;
+    }
+    let copied: Vec<TableName> = pending.iter().map(|u| u.name.clone()).collect();
+    if !copied.is_empty() {
+        let started = Instant::now();
+        let sessions = cfg.replication.parallel_workers;
+        let analyzed = analyze::run(&cfg.target, tgt, &copied, sessions).await?;
+        tracing::info!(
+            tables = analyzed.done,
+            secs = started.elapsed().as_secs_f64(),
+            "copied tables analyzed on the target"
+        );
+        for (table, error) in analyzed.failed {
+            let w = format!(
+                "table {} could not be analyzed on the target ({error}): its planner \
+                 statistics wait for autovacuum (or ANALYZE it yourself)",
+                table.display_plain()
+            );
+            tracing::warn!("{w}");
+            status.warn(w);
+        }
     }
     // A load that outlasted the WAL the source keeps for the slot is of no use: say so now,
     // rather than when the stream starts.
