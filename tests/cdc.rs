@@ -217,6 +217,7 @@ async fn sigkill_mid_stream_and_between_commit_and_feedback_loses_and_repeats_no
     assert!(caught_up.is_ok(), "log:\n{}", daemon_log(&pair));
     assert_same(&pair).await;
     drop(daemon);
+    assert_no_secrets(&pair);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

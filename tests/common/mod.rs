@@ -343,6 +343,8 @@ impl DaemonProc {
             .args(["--log-format", "json", "serve", "--config"])
             .arg(&cfg_path)
             .envs(pair.env())
+            // Our own debug lines too, so that `assert_no_secrets` sees them.
+            .env("PGCUTOVER_LOG", "pgcutover=debug,info")
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
@@ -369,6 +371,36 @@ impl Drop for DaemonProc {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Neither password is in any file under the state folder: the daemon's log (debug lines
+/// included), the journal and reports, the schema archive and scripts.
+pub fn assert_no_secrets(pair: &Pair) {
+    let secrets = [
+        pair.source.password().expose().to_string(),
+        pair.target.password().expose().to_string(),
+    ];
+    let mut dirs = vec![pair.state.path().to_path_buf()];
+    let mut files = 0;
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            for s in &secrets {
+                assert!(
+                    !bytes.windows(s.len()).any(|w| w == s.as_bytes()),
+                    "a password is in {}",
+                    path.display()
+                );
+            }
+            files += 1;
+        }
+    }
+    assert!(files >= 3, "only {files} files in the state folder");
 }
 
 /// The daemon's log so far (for failure messages).
