@@ -614,6 +614,135 @@ async fn dropped_connections_on_either_side_are_retried_and_lose_nothing() {
     server.await.unwrap().unwrap();
 }
 
+/// Writes like [`start_writer`] through crashes of the source, and holds while `pause` is
+/// set: a broken connection is opened again (a transaction whose commit was not answered may
+/// or may not be in; either way the target must end equal to the source).
+fn start_resilient_writer(
+    conn: pgcutover::pg::conn::ConnInfo,
+    stop: Arc<AtomicBool>,
+    pause: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let (mut n, mut txns) = (0i64, 0u64);
+        let mut client: Option<Client> = None;
+        let deadline = std::time::Instant::now() + LIMIT;
+        while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+            if pause.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            let Some(c) = client.as_ref().filter(|c| !c.is_closed()) else {
+                client = conn.connect("writer").await.ok();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let sql = format!(
+                "BEGIN;
+                 INSERT INTO churn SELECT g, 0, md5(g::text) FROM generate_series({n}, {n} + 4) g;
+                 UPDATE churn SET v = v + 1, note = NULL WHERE id IN ({n} - 7, {n} - 3);
+                 DELETE FROM churn WHERE id = {n} - 5;
+                 COMMIT;"
+            );
+            if c.batch_execute(&sql).await.is_ok() {
+                txns += 1;
+            }
+            n += 5;
+        }
+        txns
+    })
+}
+
+/// Stop a server as a crash would and start it again.
+async fn crash_and_restart(cluster: &pgcutover::pg::cluster::TempCluster) {
+    tokio::task::block_in_place(|| {
+        cluster.stop_immediate();
+        std::thread::sleep(Duration::from_millis(300));
+        cluster.restart().expect("the server starts again");
+    });
+}
+
+/// Either server crashing (an immediate stop: no shutdown checkpoint) and starting again
+/// under writes: the daemon reconnects and the target ends equal to the source. The apply
+/// commits asynchronously, so a crash of the target can lose commits it had answered (here
+/// its WAL writer runs every 3 s: the last commits before the writes pause stay in its
+/// memory): the recorded position goes back, and the slot, told only what the target had
+/// flushed, still has those transactions. The target is crashed until that happened once.
+/// Mutation-checked: with commits confirmed to the source as soon as they are answered, the
+/// target ends without the lost transactions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn either_server_crashing_under_writes_loses_nothing() {
+    let slow_wal_writer = pgcutover::pg::cluster::ClusterOptions {
+        settings: vec![("wal_writer_delay".into(), "'3s'".into())],
+        ..Default::default()
+    };
+    let pair = Pair::start_both(Default::default(), slow_wal_writer).await;
+    pair.src()
+        .await
+        .batch_execute(&fixture("cdc_extra.sql"))
+        .await
+        .unwrap();
+    let (addr, stop_tx, server) = start_daemon(&pair, "").await;
+    wait_caught_up(&pair.src().await, &pair.tgt().await, LIMIT).await;
+    let (stop, pause) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let writer = start_resilient_writer(pair.source.conn("app"), stop.clone(), pause.clone());
+
+    let applied = || async {
+        let (src, tgt) = (pair.src().await, pair.tgt().await);
+        applied_and_confirmed(&src, &tgt).await.0.unwrap()
+    };
+    let mut went_back = false;
+    for _ in 0..8 {
+        let start = applied().await;
+        wait_for(LIMIT, "the apply to go on", || async {
+            applied().await > start
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The writes pause and the apply catches up: its last commits are answered, and
+        // (100 ms later) the stream could have confirmed them.
+        pause.store(true, Ordering::Relaxed);
+        let (src, tgt) = (pair.src().await, pair.tgt().await);
+        wait_caught_up(&src, &tgt, LIMIT).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = applied().await;
+        crash_and_restart(&pair.target).await;
+        pause.store(false, Ordering::Relaxed);
+        if applied().await < before {
+            went_back = true;
+            break;
+        }
+    }
+    assert!(went_back, "no crash of the target lost an answered commit");
+
+    let start = applied().await;
+    wait_for(LIMIT, "the apply to go on", || async {
+        applied().await > start
+    })
+    .await;
+    crash_and_restart(&pair.source).await;
+    let start = applied().await;
+    wait_for(
+        LIMIT,
+        "the apply to go on after the source's crash",
+        || async { applied().await > start },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    assert!(writer.await.unwrap() > 10);
+    assert_same(&pair).await;
+    let (_, status) = get(addr, "/status").await;
+    assert_eq!(status["stage"], "cdc", "{status}");
+    assert!(
+        status["cdc"]["reconnects"].as_u64().unwrap() >= 2,
+        "{status}"
+    );
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_apply_session_does_not_jit_compile_scans_it_cannot_index() {
     let pair = Pair::start().await;

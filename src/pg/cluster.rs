@@ -365,6 +365,31 @@ impl TempCluster {
     }
 }
 
+impl TempCluster {
+    /// Start the server again on its port, after [`TempCluster::stop_immediate`] (it recovers
+    /// from its WAL as after a crash).
+    pub fn restart(&self) -> Result<(), ClusterError> {
+        let data = self.dir.path().join("data");
+        let log = self.dir.path().join("server.log");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &data.to_string_lossy(),
+                "-l",
+                &log.to_string_lossy(),
+                "-o",
+                &format!("-p {}", self.port),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        )
+        .map(|_| ())
+    }
+}
+
 impl Drop for TempCluster {
     fn drop(&mut self) {
         self.stop_immediate();

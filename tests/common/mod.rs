@@ -32,7 +32,7 @@ impl Pair {
         Pair::start_both(opts.clone(), opts).await
     }
 
-    async fn start_both(source_opts: ClusterOptions, target_opts: ClusterOptions) -> Pair {
+    pub async fn start_both(source_opts: ClusterOptions, target_opts: ClusterOptions) -> Pair {
         let (source, target) = tokio::task::spawn_blocking(move || {
             let s = TempCluster::start(&source_opts).expect("start source cluster");
             let t = TempCluster::start(&target_opts).expect("start target cluster");
