@@ -1975,3 +1975,108 @@ async fn a_publication_dropped_under_the_stream_stops_it_as_gone() {
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
+
+/// The whole migration with the least a production setup grants, no superuser on either
+/// side: on the source a role with REPLICATION that owns the tables, on the target the owner
+/// of the database, allowed to set `session_replication_role` (PostgreSQL 15's `GRANT SET ON
+/// PARAMETER`; on RDS/Aurora, `rds_superuser` may). The load, the stream, the heartbeat's lag,
+/// a full validation and the cleanup all work; a target role without that one grant is
+/// refused by the preflight, before anything is created and not when the stream starts
+/// after hours of load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_privileged_roles_migrate_and_stream() {
+    let pair = Pair::start().await;
+    let (src_admin, tgt_admin) = (pair.src().await, pair.tgt().await);
+    let version: i32 = tgt_admin
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .unwrap()
+        .get(0);
+    if version < 150000 {
+        eprintln!("GRANT SET ON PARAMETER needs PostgreSQL 15: skipped");
+        return;
+    }
+    src_admin
+        .batch_execute(
+            "CREATE ROLE mover LOGIN REPLICATION PASSWORD 'mover-password-1';
+             GRANT CREATE ON DATABASE app TO mover; ALTER SCHEMA public OWNER TO mover;",
+        )
+        .await
+        .unwrap();
+    tgt_admin
+        .batch_execute(
+            "CREATE ROLE lander LOGIN PASSWORD 'lander-password-1';
+             ALTER DATABASE app OWNER TO lander;",
+        )
+        .await
+        .unwrap();
+    let mut cfg = pair.config("tables = [\"*.*\"]");
+    cfg.source = pair.source.conn_as("app", "mover", "mover-password-1");
+    let mover = cfg.source.connect("test").await.unwrap();
+    mover.batch_execute(&fixture("alltypes.sql")).await.unwrap();
+    mover
+        .batch_execute(&fixture("cdc_extra.sql"))
+        .await
+        .unwrap();
+
+    // Without the grant: refused up front, nothing created.
+    cfg.target = pair.target.conn_as("app", "lander", "lander-password-1");
+    let err = pgcutover::load::run(&cfg, pgcutover::status::StatusBoard::new("native", "t"))
+        .await
+        .expect_err("refused");
+    let text = format!("{err} {}", err.hint());
+    assert!(
+        text.contains("session_replication_role") && text.contains("GRANT SET ON PARAMETER"),
+        "{text}"
+    );
+    assert_eq!(slot_count(&src_admin).await, 0);
+    assert!(!has_pgcutover_schema(&tgt_admin).await);
+
+    tgt_admin
+        .batch_execute("GRANT SET ON PARAMETER session_replication_role TO lander")
+        .await
+        .unwrap();
+    let (addr, stop_tx, server) = start_daemon_with(cfg.clone()).await;
+    wait_for(LIMIT, "the change stream to run", || async {
+        get(addr, "/status").await.1["stage"] == "cdc"
+    })
+    .await;
+    run_each(
+        &mover,
+        &[
+            "UPDATE alltypes SET t = coalesce(t, '') || '!' WHERE id <= 100",
+            "DELETE FROM by_index WHERE a <= 10",
+            "UPDATE big SET id = id + 1000000 WHERE id IN (30000, 31000)",
+            "TRUNCATE counters, counter_refs RESTART IDENTITY",
+        ],
+    )
+    .await;
+    assert_same(&pair).await;
+    wait_for(LIMIT, "lag in seconds", || async {
+        get(addr, "/status").await.1["lag_seconds"].is_number()
+    })
+    .await;
+    // A full validation at an exact point while replicating (sequences are behind until a
+    // cutover copies them).
+    let (code, body) = http_with_body(
+        addr,
+        "POST",
+        "/validation",
+        None,
+        "{\"mode\": \"full\", \"skip\": [\"sequences\"]}",
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    wait_for(LIMIT, "the validation to finish", || async {
+        let v = get(addr, "/validation").await.1;
+        v["running"] == false && (v["last"].is_object() || v["last_error"].is_object())
+    })
+    .await;
+    let view = get(addr, "/validation").await.1;
+    assert_eq!(view["last"]["passed"], true, "{view}");
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    let cleaned = pgcutover::cleanup::run(&cfg).await;
+    assert!(cleaned.failed.is_empty(), "{:?}", cleaned.failed);
+    assert_eq!(slot_count(&src_admin).await, 0);
+}

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
 
 use super::copy::CopyUnit;
 use super::progress::{self, MigrationRow, SchemaState};
@@ -395,6 +396,31 @@ async fn check_target_database(tgt: &Client, problems: &mut Vec<Problem>) -> Res
             "the target role may not create schemas (no CREATE on the database)",
             "GRANT CREATE ON DATABASE <db> TO <role> on the target",
         ));
+    }
+    // The change stream applies with session_replication_role = replica (no user triggers,
+    // no foreign-key checks: the source ran those). Who may set it differs by platform (a
+    // superuser, rds_superuser on RDS/Aurora, a role granted SET on it on PostgreSQL 15+),
+    // so it is tried, in a transaction rolled back, rather than inferred; found missing
+    // here rather than when the stream starts after the whole load.
+    match tgt
+        .batch_execute("BEGIN; SET LOCAL session_replication_role = replica; ROLLBACK")
+        .await
+    {
+        Ok(()) => {}
+        Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+            tgt.batch_execute("ROLLBACK")
+                .await
+                .ctx(|| "ending the privilege probe on the target".into())?;
+            problems.push(problem(
+                "the target role may not set session_replication_role, which the change \
+                 stream needs (replicated changes must not fire the target's triggers and \
+                 foreign-key checks)",
+                "GRANT SET ON PARAMETER session_replication_role TO <role> on the target \
+                 (PostgreSQL 15 and later), or connect as a superuser (RDS/Aurora: a member \
+                 of rds_superuser)",
+            ));
+        }
+        Err(e) => return Err(e).ctx(|| "setting session_replication_role on the target".into()),
     }
     Ok(())
 }

@@ -174,7 +174,8 @@ impl Lane {
             .await
             .map_err(ctx(
                 "setting session_replication_role = replica on the target (the target role \
-                 must be a superuser, or rds_superuser on RDS/Aurora)",
+                 must be a superuser, rds_superuser on RDS/Aurora, or granted SET ON \
+                 PARAMETER session_replication_role)",
             ))?;
         let begin = client
             .prepare("BEGIN")
