@@ -92,6 +92,41 @@ pub struct StatusView {
     /// hold).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// What the daemon waits on that only someone else can end (absent when nothing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<Waiting>,
+}
+
+/// A wait on the source that only others can end, with who holds it up.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Waiting {
+    pub reason: String,
+    pub hint: String,
+    pub seconds: f64,
+    /// The source's transactions in the way, oldest first (at most 20).
+    pub blockers: Vec<Blocker>,
+}
+
+/// A source transaction that holds up the daemon. Its query text is left out: it may hold
+/// application data or secrets.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Blocker {
+    /// Backend pid (none for a prepared transaction).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub application: Option<String>,
+    /// `pg_stat_activity.state` (`idle in transaction`, `active`, ...), or `prepared`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Age of the transaction.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transaction_seconds: Option<f64>,
+    /// The global id of a prepared transaction.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prepared_gid: Option<String>,
 }
 
 /// The change stream, once it runs.
@@ -184,6 +219,7 @@ struct Inner {
     tables: BTreeMap<TableName, TableEntry>,
     error: Option<ErrorReport>,
     warnings: Vec<String>,
+    waiting: Option<Waiting>,
     slot: Option<SlotView>,
     cdc: Option<CdcView>,
     heartbeats: Heartbeats,
@@ -206,6 +242,7 @@ impl StatusBoard {
                 tables: BTreeMap::new(),
                 error: None,
                 warnings: Vec::new(),
+                waiting: None,
                 slot: None,
                 cdc: None,
                 heartbeats: Heartbeats::default(),
@@ -330,6 +367,11 @@ impl StatusBoard {
         if !g.warnings.contains(&warning) {
             g.warnings.push(warning);
         }
+    }
+
+    /// Waiting on others (`None`: no longer).
+    pub fn set_waiting(&self, waiting: Option<Waiting>) {
+        self.lock().waiting = waiting;
     }
 
     pub fn set_slot_lsn(&self, lsn: Lsn) {
@@ -563,6 +605,7 @@ impl StatusBoard {
             cdc: g.cdc.clone(),
             error: g.error.clone(),
             warnings: g.warnings.clone(),
+            waiting: g.waiting.clone(),
         }
     }
 }

@@ -9,6 +9,8 @@ use common::*;
 use pgcutover::load;
 use pgcutover::status::{Stage, StatusBoard};
 
+const LIMIT: Duration = Duration::from_secs(120);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loads_every_type_exactly_with_split_tables() {
     let pair = Pair::start().await;
@@ -501,4 +503,70 @@ async fn materialized_views_are_filled_on_the_target_and_large_objects_pointed_o
         .expect("resumed post-data");
     assert!(populated("z_by_region").await);
     assert_eq!(of(tgt.query_one(contents, &[]).await.unwrap()), want);
+}
+
+/// A session left idle in a transaction that wrote something holds up the creation of the
+/// slot (its snapshot is consistent only once that transaction ends): while the load waits,
+/// `/status` names it (pid, state, age; not its query), and the load goes on by itself
+/// once it ends, with the row it wrote in the copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_left_open_on_the_source_is_named_while_the_slot_waits_for_it() {
+    let pair = Pair::start().await;
+    let src = pair.src().await;
+    src.batch_execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g;",
+    )
+    .await
+    .unwrap();
+    let blocker = pair.src().await;
+    let pid: i32 = blocker
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    blocker
+        .batch_execute("BEGIN; INSERT INTO t VALUES (101, 'secret-ish literal')")
+        .await
+        .unwrap();
+
+    let status = StatusBoard::new("native", "t");
+    let cfg = pair.config("");
+    let load = tokio::spawn({
+        let status = status.clone();
+        async move { load::run(&cfg, status).await }
+    });
+    wait_for(LIMIT, "the wait and its blocker in /status", || async {
+        status.view().waiting.is_some_and(|w| {
+            w.blockers
+                .iter()
+                .any(|b| b.pid == Some(pid) && b.state.as_deref() == Some("idle in transaction"))
+        })
+    })
+    .await;
+    let view = serde_json::to_value(status.view()).unwrap();
+    let waiting = &view["waiting"];
+    assert!(
+        waiting["reason"].as_str().unwrap().contains("pgcutover_t")
+            && waiting["hint"]
+                .as_str()
+                .unwrap()
+                .contains("pg_terminate_backend")
+            && waiting["blockers"][0]["transaction_seconds"].as_f64() > Some(0.0),
+        "{view}"
+    );
+    assert!(!view.to_string().contains("secret-ish"), "{view}");
+    assert!(!load.is_finished());
+
+    blocker.batch_execute("COMMIT").await.unwrap();
+    tokio::time::timeout(LIMIT, load)
+        .await
+        .expect("the load goes on")
+        .unwrap()
+        .expect("load succeeds");
+    assert!(status.view().waiting.is_none());
+    assert_eq!(
+        scalar(&pair.tgt().await, "SELECT count(*) FROM t").await,
+        101
+    );
 }

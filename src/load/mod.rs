@@ -204,7 +204,7 @@ async fn run_load(cfg: &Config, status: Arc<StatusBoard>) -> Result<LoadOutcome,
             slot::create_publication(src, &publication, &roots).await?;
             tracing::info!(%publication, tables = roots.len(), "publication created");
             let snap =
-                slot::create_slot_with_snapshot(&cfg.source, &slot_name, false, facts.source_major)
+                create_slot_watched(cfg, src, &slot_name, false, facts.source_major, &status)
                     .await?;
             progress::set_slot_lsn(tgt, id.as_str(), snap.lsn).await?;
             tracing::info!(slot = %slot_name, lsn = %snap.lsn, "replication slot created");
@@ -255,11 +255,13 @@ async fn run_load(cfg: &Config, status: Arc<StatusBoard>) -> Result<LoadOutcome,
     let need_dump =
         copy_schema && m.schema_state != SchemaState::Done && (need_pre_data || !archive.exists());
     if snapshot.is_none() && (need_pre_data || !pending.is_empty()) {
-        let snap = slot::create_slot_with_snapshot(
-            &cfg.source,
+        let snap = create_slot_watched(
+            cfg,
+            src,
             &id.resume_slot_name(),
             true,
             facts.source_major,
+            &status,
         )
         .await?;
         tracing::info!(lsn = %snap.lsn, tables = pending.len(), "new snapshot for the tables still to copy");
@@ -399,6 +401,81 @@ async fn run_load(cfg: &Config, status: Arc<StatusBoard>) -> Result<LoadOutcome,
     status.set_stage(Stage::Loaded);
     tracing::info!(tables = tables.len(), %slot_lsn, "full load complete");
     Ok(LoadOutcome { slot_lsn, tables })
+}
+
+/// How long slot creation may wait before `/status` says what it waits for, and how often
+/// that is read again.
+const SLOT_WAIT_REPORT_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
+const SLOT_WAIT_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// [`slot::create_slot_with_snapshot`], saying in `/status` (`waiting`) and in the log which
+/// source transactions hold it up when it waits. A logical slot's snapshot is consistent
+/// only once every transaction that was writing when it began has ended: one session left
+/// idle in a transaction, or a forgotten prepared transaction, holds the migration's start
+/// for as long as it stays open, with nothing to show for it but a hung command.
+async fn create_slot_watched(
+    cfg: &Config,
+    src: &tokio_postgres::Client,
+    slot_name: &str,
+    temporary: bool,
+    source_major: u32,
+    status: &StatusBoard,
+) -> Result<ExportedSnapshot, LoadError> {
+    let started = Instant::now();
+    let create = slot::create_slot_with_snapshot(&cfg.source, slot_name, temporary, source_major);
+    tokio::pin!(create);
+    let mut report = tokio::time::interval_at(
+        tokio::time::Instant::now() + SLOT_WAIT_REPORT_AFTER,
+        SLOT_WAIT_REPORT_EVERY,
+    );
+    let mut logged: Option<Vec<(Option<i32>, Option<String>)>> = None;
+    loop {
+        tokio::select! {
+            created = &mut create => {
+                status.set_waiting(None);
+                if logged.is_some() {
+                    tracing::info!(slot = slot_name, secs = started.elapsed().as_secs_f64(),
+                        "the transactions in the way ended; replication slot created");
+                }
+                return Ok(created?);
+            }
+            _ = report.tick() => {
+                let blockers = match slot::slot_blockers(src, started.elapsed()).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot list what the slot waits for");
+                        Vec::new()
+                    }
+                };
+                let who: Vec<_> = blockers.iter().map(|b| (b.pid, b.prepared_gid.clone())).collect();
+                if logged.as_ref() != Some(&who) {
+                    let list: Vec<String> = blockers.iter().map(|b| match (&b.pid, &b.prepared_gid) {
+                        (_, Some(gid)) => format!("prepared transaction {gid:?}"),
+                        (Some(pid), _) => format!("pid {pid} ({})", b.state.as_deref().unwrap_or("?")),
+                        _ => "?".into(),
+                    }).collect();
+                    tracing::warn!(slot = slot_name, secs = started.elapsed().as_secs_f64(),
+                        transactions = %list.join(", "),
+                        "creating the replication slot waits for source transactions to end");
+                    logged = Some(who);
+                }
+                status.set_waiting(Some(crate::status::Waiting {
+                    reason: format!(
+                        "creating replication slot {slot_name} waits for the source's \
+                         transactions that were writing when it began to end"
+                    ),
+                    hint: "commit or roll back the transactions listed (or end their sessions \
+                           with pg_terminate_backend(pid); a prepared one with COMMIT PREPARED \
+                           or ROLLBACK PREPARED 'gid'): the load goes on by itself once they \
+                           have ended; none listed means they belong to roles this one may not \
+                           see (ask a superuser to look in pg_stat_activity)"
+                        .into(),
+                    seconds: started.elapsed().as_secs_f64(),
+                    blockers,
+                }));
+            }
+        }
+    }
 }
 
 /// Attempts at one chunk before the load gives up on it (and the next run resumes it).

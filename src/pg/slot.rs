@@ -134,6 +134,46 @@ pub async fn create_slot_with_snapshot(
     })
 }
 
+/// The source's transactions a logical slot being created for `waited` so far may be waiting
+/// for: its snapshot is consistent only once every transaction that had written something
+/// (held an xid) when creation began has ended, prepared ones included, however long they
+/// stay open. Oldest first, at most 20. A role that may not see other roles' sessions
+/// (neither superuser nor `pg_read_all_stats`) sees none of theirs here.
+pub async fn slot_blockers(
+    client: &Client,
+    waited: std::time::Duration,
+) -> Result<Vec<crate::status::Blocker>, SqlError> {
+    let rows = client
+        .query(
+            "SELECT a.pid, a.usename::text, a.application_name, a.state,
+                    extract(epoch FROM now() - a.xact_start)::float8, NULL::text
+               FROM pg_stat_activity a
+              WHERE a.backend_xid IS NOT NULL AND a.pid <> pg_backend_pid()
+                AND a.xact_start < now() - make_interval(secs => $1)
+             UNION ALL
+             SELECT NULL, p.owner::text, NULL, 'prepared',
+                    extract(epoch FROM now() - p.prepared)::float8, p.gid
+               FROM pg_prepared_xacts p
+              WHERE p.prepared < now() - make_interval(secs => $1)
+              ORDER BY 5 DESC NULLS LAST
+              LIMIT 20",
+            &[&waited.as_secs_f64()],
+        )
+        .await
+        .ctx(|| "looking for the transactions a new slot waits for".into())?;
+    Ok(rows
+        .iter()
+        .map(|r| crate::status::Blocker {
+            pid: r.get(0),
+            user: r.get(1),
+            application: r.get::<_, Option<String>>(2).filter(|a| !a.is_empty()),
+            state: r.get(3),
+            transaction_seconds: r.get(4),
+            prepared_gid: r.get(5),
+        })
+        .collect())
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SlotInfo {
     pub plugin: Option<String>,
