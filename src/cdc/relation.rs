@@ -33,6 +33,9 @@ pub struct ColInfo {
     pub always_identity: bool,
     /// How the column's values travel in multi-row statements.
     pub wire: Wire,
+    /// A built-in type with a btree equality: REPLICA IDENTITY FULL matches compare it with
+    /// `=` as well (see [`super::apply`]), which an index on the column can serve.
+    pub indexable: bool,
 }
 
 /// The element type of a column's array parameter in multi-row statements.
@@ -165,6 +168,7 @@ struct TargetColumn {
     base_name: String,
     display: String,
     always_identity: bool,
+    indexable: bool,
 }
 
 #[derive(Default)]
@@ -244,6 +248,7 @@ impl RelationCache {
                 always_identity: by_name[c.name.as_str()].always_identity,
                 // The type check above made a built-in source type the target's type too.
                 wire: Wire::of(c.type_oid),
+                indexable: by_name[c.name.as_str()].indexable,
             })
             .collect();
         let key: Vec<usize> = (0..columns.len()).filter(|&i| columns[i].key).collect();
@@ -342,7 +347,13 @@ async fn target_columns(
         .query(
             "SELECT a.attname::text, a.atttypid::int8, a.atttypmod, tn.nspname::text,
                     t.typname::text, format_type(a.atttypid, a.atttypmod),
-                    bn.nspname::text, b.typname::text, a.attidentity = 'a'
+                    bn.nspname::text, b.typname::text, a.attidentity = 'a',
+                    a.atttypid < 16384 AND EXISTS (
+                        SELECT 1 FROM pg_catalog.pg_opclass oc
+                          JOIN pg_catalog.pg_am am ON am.oid = oc.opcmethod
+                         WHERE am.amname = 'btree' AND oc.opcdefault
+                           AND oc.opcintype = CASE a.atttypid WHEN 1043 THEN 25
+                                                              ELSE a.atttypid END)
                FROM pg_catalog.pg_class c
                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid
@@ -376,6 +387,7 @@ async fn target_columns(
             base_ns: r.get(6),
             base_name: r.get(7),
             always_identity: r.get(8),
+            indexable: r.get(9),
         })
         .collect();
     let traits = target

@@ -213,6 +213,7 @@ mod tests {
             key,
             always_identity,
             wire: Wire::Text,
+            indexable: false,
         };
         RelInfo {
             relid: 7,

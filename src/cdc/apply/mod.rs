@@ -111,6 +111,8 @@ pub const MAX_INFLIGHT: usize = 64;
 pub const SCRIPT_STATEMENTS: usize = 128;
 /// …and most bytes.
 const SCRIPT_BYTES: usize = 1 << 20;
+/// Statements `PREPARE`d by name on one session before they are all freed.
+const MAX_NAMED: usize = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {

@@ -14,7 +14,9 @@ use super::lane::{EndsCommit, Expect, InFlight, Pending, Subject};
 use super::sql::{
     ArrayParam, Kind, StmtKey, Touched, literal, param_columns, statement_of, statement_sql,
 };
-use super::{Applier, ApplyError, MAX_INFLIGHT, MAX_RUN, SCRIPT_BYTES, SCRIPT_STATEMENTS};
+use super::{
+    Applier, ApplyError, MAX_INFLIGHT, MAX_NAMED, MAX_RUN, SCRIPT_BYTES, SCRIPT_STATEMENTS,
+};
 use crate::cdc::coalesce::{Change, KeySet, Writeset};
 use crate::cdc::relation::{RelInfo, Wire};
 use crate::pg::{Lsn, error_text};
@@ -139,6 +141,15 @@ impl Applier {
         let name = match lane.named.get(&key) {
             Some(n) => n.clone(),
             None => {
+                // Shapes are few in practice (unchanged TOAST columns, and NULL old values
+                // of a table without a key, make more of them), but not bounded: past a
+                // limit the session's ones are freed, after the statements queued before.
+                if lane.named.len() >= MAX_NAMED {
+                    for (_, name) in lane.named.drain() {
+                        lane.script.push_str(&format!("DEALLOCATE {name};\n"));
+                        lane.script_expect.push(None);
+                    }
+                }
                 lane.prepared += 1;
                 let name = format!("pgc_{}", lane.prepared);
                 let types = vec!["text"; run.columns.len()].join(", ");

@@ -112,13 +112,16 @@ pub(super) enum Kind {
         set: Vec<bool>,
     },
     Delete,
-    /// REPLICA IDENTITY FULL: match the first row equal on the `old` columns.
+    /// REPLICA IDENTITY FULL: match the first row equal on the `old` columns and NULL in
+    /// the `nulls` ones (their old values, so an index can find the row: see [`full_match`]).
     FullUpdate {
         old: Vec<bool>,
+        nulls: Vec<bool>,
         set: Vec<bool>,
     },
     FullDelete {
         old: Vec<bool>,
+        nulls: Vec<bool>,
     },
 }
 
@@ -155,11 +158,45 @@ pub(super) fn statement_of(change: Change, keys: RowKeys) -> (Kind, Vec<Option<B
             (Kind::Update { set }, row, keys)
         }
         Change::Delete(key) => (Kind::Delete, key, [None; 2]),
-        Change::FullUpdate { old, set, values } => {
-            (Kind::FullUpdate { old, set }, values, [None; 2])
+        Change::FullUpdate {
+            old,
+            set,
+            mut values,
+        } => {
+            let from = set.iter().filter(|&&s| s).count();
+            let (old, nulls) = split_nulls(old, &mut values, from);
+            (Kind::FullUpdate { old, nulls, set }, values, [None; 2])
         }
-        Change::FullDelete { old, values } => (Kind::FullDelete { old }, values, [None; 2]),
+        Change::FullDelete { old, mut values } => {
+            let (old, nulls) = split_nulls(old, &mut values, 0);
+            (Kind::FullDelete { old, nulls }, values, [None; 2])
+        }
     }
+}
+
+/// The old values of a REPLICA IDENTITY FULL change (in `values` from `from` on, one per
+/// `old` column) without their NULLs, which are matched by `IS NULL` instead: the columns
+/// matched by value, and those matched as NULL.
+fn split_nulls(
+    mut old: Vec<bool>,
+    values: &mut Vec<Option<Bytes>>,
+    from: usize,
+) -> (Vec<bool>, Vec<bool>) {
+    let mut nulls = vec![false; old.len()];
+    let mut at = from;
+    for i in 0..old.len() {
+        if !old[i] {
+            continue;
+        }
+        if values.get(at).is_some_and(Option::is_none) {
+            values.remove(at);
+            old[i] = false;
+            nulls[i] = true;
+        } else {
+            at += 1;
+        }
+    }
+    (old, nulls)
 }
 
 /// The column each parameter of a multi-row statement carries, in order (see
@@ -298,19 +335,19 @@ pub(super) fn statement_sql(rel: &RelInfo, kind: &Kind, multi: bool) -> String {
                 conds.join(" AND ")
             )
         }
-        (Kind::FullUpdate { old, set }, _) => {
+        (Kind::FullUpdate { old, nulls, set }, _) => {
             let sets: Vec<String> = picked(set)
                 .into_iter()
                 .map(|i| format!("{} = ${}::text::{}", col(i), param(), cast(i)))
                 .collect();
-            let matched = full_match(rel, &picked(old), &mut param);
+            let matched = full_match(rel, &picked(old), &picked(nulls), &mut param);
             format!(
                 "UPDATE ONLY {t} SET {} WHERE ctid = {matched}",
                 sets.join(", ")
             )
         }
-        (Kind::FullDelete { old }, _) => {
-            let matched = full_match(rel, &picked(old), &mut param);
+        (Kind::FullDelete { old, nulls }, _) => {
+            let matched = full_match(rel, &picked(old), &picked(nulls), &mut param);
             format!("DELETE FROM ONLY {t} WHERE ctid = {matched}")
         }
     }
@@ -324,25 +361,41 @@ pub(super) fn overriding(rel: &RelInfo) -> &'static str {
     }
 }
 
-/// `(SELECT ctid ... LIMIT 1)` of the first row equal to the old values. Values are compared
-/// in the target type's text form, so types without an equality operator (json, point, xml)
-/// match too, and NULL matches NULL.
+/// `(SELECT ctid ... LIMIT 1)` of the first row equal to the old values (`cols`, one
+/// parameter each) and NULL in `nulls`. Values are compared in the target type's text form,
+/// so types without an equality operator (json, point, xml) match too, and exactly (`1.0`
+/// is not `1.00`). A column of a built-in type with a btree equality is compared with `=`
+/// as well, and NULLs with `IS NULL`, both of which an index on the column can serve: a
+/// table without a key then costs an index lookup per change rather than a scan of the
+/// whole table (PostgreSQL 16's own apply looks for such an index too). Text-equal values
+/// are `=`-equal for those types, so this never misses the row the text comparison finds.
 pub(super) fn full_match(
     rel: &RelInfo,
     cols: &[usize],
+    nulls: &[usize],
     param: &mut impl FnMut() -> usize,
 ) -> String {
     let t = rel.table.to_string();
     let conds: Vec<String> = cols
         .iter()
         .map(|&i| {
-            format!(
-                "s.{c}::text IS NOT DISTINCT FROM (${p}::text::{ty})::text",
-                c = quote_ident(&rel.columns[i].name),
-                p = param(),
-                ty = rel.columns[i].cast
-            )
+            let c = &rel.columns[i];
+            let (name, v) = (
+                quote_ident(&c.name),
+                format!("(${}::text::{})", param(), c.cast),
+            );
+            let exact = format!("s.{name}::text = {v}::text");
+            if c.indexable {
+                format!("s.{name} = {v} AND {exact}")
+            } else {
+                exact
+            }
         })
+        .chain(
+            nulls
+                .iter()
+                .map(|&i| format!("s.{} IS NULL", quote_ident(&rel.columns[i].name))),
+        )
         .collect();
     let conds = if conds.is_empty() {
         "true".to_string()
@@ -365,6 +418,7 @@ mod tests {
             key,
             always_identity: false,
             wire: Wire::Text,
+            indexable: false,
         };
         RelInfo {
             relid: 1,
@@ -420,15 +474,57 @@ mod tests {
              WHERE t.\"id\" = v.k0::integer"
         );
         assert_eq!(param_columns(&typed, &upd), vec![0, 2, 0]);
-        let full = Kind::FullDelete {
-            old: vec![true, true, false],
-        };
+        // REPLICA IDENTITY FULL: NULL old values are matched by IS NULL and take no
+        // parameter; a built-in type with a btree equality is compared with `=` as well.
+        let mut full_rel = rel(b'f');
+        full_rel.columns[0].indexable = true;
+        let v = |s: &str| Some(Bytes::copy_from_slice(s.as_bytes()));
+        let (kind, values, _) = statement_of(
+            Change::FullDelete {
+                old: vec![true, true, true],
+                values: vec![v("7"), None, v("{}")],
+            },
+            [None; 2],
+        );
         assert_eq!(
-            statement_sql(&rel(b'f'), &full, false),
+            kind,
+            Kind::FullDelete {
+                old: vec![true, false, true],
+                nulls: vec![false, true, false],
+            }
+        );
+        assert_eq!(values, vec![v("7"), v("{}")]);
+        assert_eq!(
+            statement_sql(&full_rel, &kind, false),
             "DELETE FROM ONLY \"app\".\"Odd \"\"name\"\"\" WHERE ctid = (SELECT s.ctid FROM ONLY \
-             \"app\".\"Odd \"\"name\"\"\" AS s WHERE s.\"id\"::text IS NOT DISTINCT FROM \
-             ($1::text::integer)::text AND s.\"note\"::text IS NOT DISTINCT FROM \
-             ($2::text::text)::text LIMIT 1)"
+             \"app\".\"Odd \"\"name\"\"\" AS s WHERE s.\"id\" = ($1::text::integer) AND \
+             s.\"id\"::text = ($1::text::integer)::text AND s.\"doc\"::text = \
+             ($2::text::jsonb)::text AND s.\"note\" IS NULL LIMIT 1)"
+        );
+        // An update: its SET values come first, and only the old values are split.
+        let (kind, values, _) = statement_of(
+            Change::FullUpdate {
+                old: vec![true, true, false],
+                set: vec![false, true, false],
+                values: vec![None, v("1"), None],
+            },
+            [None; 2],
+        );
+        assert_eq!(
+            kind,
+            Kind::FullUpdate {
+                old: vec![true, false, false],
+                nulls: vec![false, true, false],
+                set: vec![false, true, false],
+            }
+        );
+        assert_eq!(values, vec![None, v("1")]);
+        assert_eq!(
+            statement_sql(&full_rel, &kind, false),
+            "UPDATE ONLY \"app\".\"Odd \"\"name\"\"\" SET \"note\" = $1::text::text WHERE ctid = \
+             (SELECT s.ctid FROM ONLY \"app\".\"Odd \"\"name\"\"\" AS s WHERE s.\"id\" = \
+             ($2::text::integer) AND s.\"id\"::text = ($2::text::integer)::text AND \
+             s.\"note\" IS NULL LIMIT 1)"
         );
     }
 

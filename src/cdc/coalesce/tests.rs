@@ -11,6 +11,7 @@ fn rel(relid: u32, extra_unique: bool, ordered: bool) -> Arc<RelInfo> {
         key,
         always_identity: false,
         wire: crate::cdc::relation::Wire::Text,
+        indexable: false,
     };
     Arc::new(RelInfo {
         relid,
