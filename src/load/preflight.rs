@@ -98,11 +98,8 @@ pub async fn check(cfg: &Config) -> Result<Facts, PreflightError> {
     };
 
     let source_major = server_major(&src).await?;
-    if source_major < 12 {
-        problems.push(problem(
-            format!("the source runs PostgreSQL {source_major}; pgcutover needs 12 or newer"),
-            "upgrade the source first (pg_upgrade), or migrate with pg_dump",
-        ));
+    if let Some(p) = version_problem(source_major) {
+        problems.push(p);
         return Err(PreflightError { problems });
     }
     let mut warnings = Vec::new();
@@ -250,6 +247,24 @@ pub async fn check(cfg: &Config) -> Result<Facts, PreflightError> {
         resume,
         tools,
         warnings,
+    })
+}
+
+/// The oldest source the native engine streams from: PostgreSQL 14's pgoutput is the first
+/// to take the `messages` option, which carries the lag heartbeat (12 and 13 refuse the
+/// START_REPLICATION that asks for it; both are out of support).
+const OLDEST_SOURCE: u32 = 14;
+
+fn version_problem(source_major: u32) -> Option<Problem> {
+    (source_major < OLDEST_SOURCE).then(|| {
+        problem(
+            format!(
+                "the source runs PostgreSQL {source_major}; pgcutover needs {OLDEST_SOURCE} or \
+                 newer (its change stream uses pgoutput's logical messages)"
+            ),
+            "upgrade the source first (pg_upgrade), or migrate with pg_dump during a write \
+             freeze",
+        )
     })
 }
 
@@ -515,6 +530,20 @@ mod tests {
             ]
         );
         assert!(column_differences(&src, &src).is_empty());
+    }
+
+    #[test]
+    fn sources_older_than_14_are_refused() {
+        for old in [9, 12, 13] {
+            let p = version_problem(old).expect("refused");
+            assert!(
+                p.error.contains(&format!("PostgreSQL {old}")),
+                "{}",
+                p.error
+            );
+            assert!(p.error.contains("14 or newer"), "{}", p.error);
+        }
+        assert!(version_problem(14).is_none() && version_problem(18).is_none());
     }
 
     #[test]
