@@ -1,8 +1,10 @@
 //! Checks made before anything is changed on either side.
 //!
 //! Every check runs, and every problem found is reported at once with a hint, so a bad
-//! setup costs one round trip: unreachable servers, wrong passwords, missing privileges,
-//! `wal_level`, free slots and WAL senders, patterns that match nothing, tables that cannot be
+//! setup costs one round trip: unreachable servers, wrong passwords, missing privileges
+//! (`session_replication_role` on the target included), server versions (a source older
+//! than 14, a target older than the source when the schema is copied), `wal_level`, free
+//! slots and WAL senders, patterns that match nothing, tables that cannot be
 //! replicated (correctness rule 7), a target that is not empty, a target schema that differs
 //! (with `copy_schema = false`), and missing or too old `pg_dump`/`pg_restore`.
 
@@ -103,6 +105,17 @@ pub async fn check(cfg: &Config) -> Result<Facts, PreflightError> {
         return Err(PreflightError { problems });
     }
     let mut warnings = Vec::new();
+    let target_major = server_major(&tgt).await?;
+    if let Some(p) = target_version_problem(source_major, target_major, cfg.replication.copy_schema)
+    {
+        problems.push(p);
+    } else if target_major < source_major {
+        warnings.push(format!(
+            "the target runs PostgreSQL {target_major}, older than the source's \
+             {source_major}: values and features the older server lacks fail when they are \
+             applied"
+        ));
+    }
     let block_size = check_source_server(&src, &mut problems, &mut warnings).await?;
     let resume = progress::read_migration(&tgt, cfg.replication.migration_id.as_str()).await?;
     let resuming = resume.as_ref().is_some_and(|m| m.slot_lsn.is_some());
@@ -264,6 +277,33 @@ fn version_problem(source_major: u32) -> Option<Problem> {
             ),
             "upgrade the source first (pg_upgrade), or migrate with pg_dump during a write \
              freeze",
+        )
+    })
+}
+
+/// A target the migration cannot work with: older than 12 (the load reads its partition
+/// trees with 12's functions), or, when pgcutover copies the schema, older than the source
+/// (`pg_dump`'s output is only meant for servers of its own version or newer).
+fn target_version_problem(
+    source_major: u32,
+    target_major: u32,
+    copy_schema: bool,
+) -> Option<Problem> {
+    if target_major < 12 {
+        return Some(problem(
+            format!("the target runs PostgreSQL {target_major}; pgcutover needs 12 or newer"),
+            "migrate to a supported PostgreSQL version",
+        ));
+    }
+    (copy_schema && target_major < source_major).then(|| {
+        problem(
+            format!(
+                "the target runs PostgreSQL {target_major}, older than the source's \
+                 {source_major}, and copy_schema = true copies the schema with pg_dump, whose \
+                 output is for servers of its own version or newer"
+            ),
+            "use a target of the source's major version or newer (the usual way), or create \
+             the schema on the target yourself and set copy_schema = false",
         )
     })
 }
@@ -544,6 +584,22 @@ mod tests {
             assert!(p.error.contains("14 or newer"), "{}", p.error);
         }
         assert!(version_problem(14).is_none() && version_problem(18).is_none());
+    }
+
+    #[test]
+    fn older_targets_are_refused_when_the_schema_is_copied() {
+        assert!(target_version_problem(15, 15, true).is_none());
+        assert!(target_version_problem(15, 17, true).is_none());
+        let p = target_version_problem(16, 15, true).expect("refused");
+        assert!(
+            p.error
+                .contains("PostgreSQL 15, older than the source's 16"),
+            "{}",
+            p.error
+        );
+        assert!(p.hint.contains("copy_schema = false"), "{}", p.hint);
+        assert!(target_version_problem(16, 15, false).is_none());
+        assert!(target_version_problem(15, 11, false).is_some());
     }
 
     #[test]
