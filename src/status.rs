@@ -335,6 +335,17 @@ impl StatusBoard {
             "Reconnections of the change stream.",
             Some(cdc.reconnects as f64),
         );
+        gauge(
+            "pgcutover_waiting_seconds",
+            "How long the daemon has waited on source transactions only others can end \
+             (0 when not waiting; /status names them).",
+            Some(v.waiting.as_ref().map_or(0.0, |w| w.seconds)),
+        );
+        gauge(
+            "pgcutover_warnings",
+            "Risks found that do not stop the migration (listed under warnings in /status).",
+            Some(v.warnings.len() as f64),
+        );
         let stage = serde_json::to_value(v.stage)
             .ok()
             .and_then(|s| s.as_str().map(String::from))
@@ -681,5 +692,42 @@ mod tests {
                 .metrics()
                 .contains("pgcutover_slot_wal_status{status=\"other\"} 1\n")
         );
+    }
+
+    #[test]
+    fn waits_and_warnings_show_in_status_and_metrics() {
+        let board = StatusBoard::new("native", "m1");
+        let m = board.metrics();
+        assert!(
+            m.contains("pgcutover_waiting_seconds 0\n") && m.contains("pgcutover_warnings 0\n")
+        );
+        board.warn("a risk".into());
+        board.warn("a risk".into());
+        board.set_waiting(Some(Waiting {
+            reason: "creating the slot waits".into(),
+            hint: "end them".into(),
+            seconds: 12.5,
+            blockers: vec![Blocker {
+                pid: Some(42),
+                user: Some("app".into()),
+                application: None,
+                state: Some("idle in transaction".into()),
+                transaction_seconds: Some(30.0),
+                prepared_gid: None,
+            }],
+        }));
+        let m = board.metrics();
+        assert!(m.contains("pgcutover_waiting_seconds 12.5\n"), "{m}");
+        assert!(m.contains("pgcutover_warnings 1\n"), "{m}");
+        let v = serde_json::to_value(board.view()).unwrap();
+        assert_eq!(v["waiting"]["blockers"][0]["pid"], 42, "{v}");
+        assert!(
+            v["waiting"]["blockers"][0].get("prepared_gid").is_none(),
+            "{v}"
+        );
+        board.set_waiting(None);
+        let v = serde_json::to_value(board.view()).unwrap();
+        assert!(v.get("waiting").is_none(), "{v}");
+        assert!(board.metrics().contains("pgcutover_waiting_seconds 0\n"));
     }
 }
