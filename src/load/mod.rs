@@ -296,7 +296,6 @@ async fn run_load(cfg: &Config, status: Arc<StatusBoard>) -> Result<LoadOutcome,
         workers: cfg.replication.parallel_workers,
         split_bytes: cfg.replication.split_tables_larger_than,
         block_size: facts.block_size,
-        tid_range_scans: facts.source_major >= 14,
     };
     let sizes: Vec<(TableName, u64)> = pending.iter().map(|u| (u.name.clone(), u.bytes)).collect();
     let items = plan::plan(&sizes, &opts);

@@ -222,12 +222,11 @@ impl SlotState {
 
 /// The slot's state, or `None` when there is no such slot.
 pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>, SqlError> {
-    // `to_jsonb` reads the columns PostgreSQL 12 does not have as NULL.
     let row = client
         .query_opt(
-            "SELECT pg_current_wal_lsn()::text, restart_lsn::text,
-                    to_jsonb(s) ->> 'wal_status', (to_jsonb(s) ->> 'safe_wal_size')::int8
-               FROM pg_replication_slots s WHERE slot_name = $1",
+            "SELECT pg_current_wal_lsn()::text, restart_lsn::text, wal_status,
+                    safe_wal_size::int8
+               FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
         )
         .await
