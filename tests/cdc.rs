@@ -568,6 +568,78 @@ async fn a_table_created_during_cdc_is_reported_then_copied_and_streamed_once_on
     server.await.unwrap().unwrap();
 }
 
+/// A table renamed on the source during CDC (DDL is not replicated): whether the stream
+/// first meets a change under the new name or the check for new tables finds it, the
+/// operator is led, resume by resume, to an error that names both names and says to rename
+/// the table on the target too; once that is done the table is copied again under its new
+/// name and the target converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_renamed_on_the_source_is_named_with_its_old_name_and_converges() {
+    let pair = Pair::start().await;
+    let src = pair.src().await;
+    src.batch_execute(
+        "CREATE TABLE marker (id serial PRIMARY KEY);
+         CREATE TABLE items (id int PRIMARY KEY, name text);
+         INSERT INTO items SELECT g, 'i' || g FROM generate_series(1, 500) g;",
+    )
+    .await
+    .unwrap();
+    let tgt = pair.tgt().await;
+    let (addr, stop_tx, server) = start_daemon(&pair, "").await;
+    wait_caught_up(&src, &tgt, LIMIT).await;
+
+    run_each(
+        &src,
+        &[
+            "UPDATE items SET name = 'before' WHERE id <= 10",
+            "ALTER TABLE items RENAME TO goods",
+            "UPDATE goods SET name = 'after' WHERE id BETWEEN 11 AND 20",
+        ],
+    )
+    .await;
+    // Resume whatever stops it first (the change under the new name may come before the
+    // check), until the error names both names.
+    wait_for(
+        LIMIT,
+        "an error naming the old and the new name",
+        || async {
+            let s = get(addr, "/status").await.1;
+            if s["stage"] != "stopped" {
+                return false;
+            }
+            let error = s["error"]["error"].as_str().unwrap_or_default();
+            if error.contains("public.goods") && error.contains("public.items") {
+                return true;
+            }
+            resume(addr).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            false
+        },
+    )
+    .await;
+    let (_, hint) = stopped_with(addr).await;
+    assert!(hint.contains("RENAME"), "{hint}");
+    tgt.batch_execute("ALTER TABLE items RENAME TO goods")
+        .await
+        .unwrap();
+    resume(addr).await;
+    wait_for(LIMIT, "the stream to run again", || async {
+        get(addr, "/status").await.1["stage"] == "cdc"
+    })
+    .await;
+    src.batch_execute("DELETE FROM goods WHERE id > 490")
+        .await
+        .unwrap();
+    assert_same(&pair).await;
+    assert_eq!(scalar(&tgt, "SELECT count(*) FROM goods").await, 490);
+    assert_eq!(
+        scalar(&tgt, "SELECT count(*) FROM goods WHERE name = 'after'").await,
+        10
+    );
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_connections_on_either_side_are_retried_and_lose_nothing() {
     let pair = Pair::start().await;

@@ -25,6 +25,9 @@ pub struct Drift {
     /// Tables the migration copied and still selects, but whose table (or partition root)
     /// someone removed from the migration's publication: their changes are not streamed.
     pub unpublished: Vec<TableName>,
+    /// Tables the migration copied that the source no longer has under that name (renamed,
+    /// moved to another schema, or dropped). Reported with new tables, which a rename makes.
+    pub vanished: Vec<TableName>,
 }
 
 impl Drift {
@@ -142,7 +145,14 @@ async fn drift_of(
         true => Some(slot::publication_tables(source, &publication).await?),
         false => None,
     };
-    let mut drift = Drift::default();
+    let mut drift = Drift {
+        vanished: known
+            .iter()
+            .filter(|k| !all.iter().any(|t| &t.name == *k))
+            .cloned()
+            .collect(),
+        ..Drift::default()
+    };
     for unit in selection.units {
         let top = unit.root.as_ref().unwrap_or(&unit.name);
         if !known.contains(&unit.name) {

@@ -104,8 +104,23 @@ pub enum CdcError {
     Sql(#[from] SqlError),
     #[error(transparent)]
     Conn(#[from] ConnError),
-    #[error("new table(s) on the source match replication.tables but are not replicated yet: {}", tables.join(", "))]
-    NewTables { tables: Vec<String> },
+    #[error(
+        "new table(s) on the source match replication.tables but are not replicated yet: {}{}",
+        tables.join(", "),
+        if vanished.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; and migrated table(s) are no longer on the source under their name \
+                 (renamed, moved to another schema, or dropped): {}",
+                vanished.join(", ")
+            )
+        }
+    )]
+    NewTables {
+        tables: Vec<String>,
+        vanished: Vec<String>,
+    },
     #[error(
         "table(s) removed from the migration's publication on the source, so their changes are \
          not streamed: {}",
@@ -175,6 +190,13 @@ impl CdcError {
                 publication and copies them again from a new snapshot, and the stream goes on; \
                 to leave them out of the migration instead, list them in replication.exclude \
                 and restart"
+                .into(),
+            CdcError::NewTables { vanished, .. } if !vanished.is_empty() => "DDL is not \
+                replicated. A table renamed or moved on the source: do the same on the target \
+                (ALTER TABLE … RENAME TO / SET SCHEMA), then POST /replication/resume or \
+                restart pgcutover: it is copied again under its new name from a new snapshot \
+                and the stream goes on. Other new tables: create them on the target with the \
+                same columns (or exclude them in replication.exclude) before resuming"
                 .into(),
             CdcError::NewTables { .. } => "create them on the target with the same columns \
                 (or exclude them in replication.exclude), then POST /replication/resume or \

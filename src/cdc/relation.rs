@@ -138,8 +138,11 @@ impl RelationError {
                  then POST /replication/resume or restart pgcutover: nothing of the stopped \
                  transaction was applied"
             ),
-            RelationError::NotMigrated { .. } => "the publication was changed by hand: \
-                 restore it to the migration's tables, or clean up and start over"
+            RelationError::NotMigrated { .. } => "a table renamed or moved on the source \
+                 (DDL is not replicated): pgcutover names it at its next check for new tables, \
+                 within 10 s; POST /replication/resume then shows what to do. Otherwise the \
+                 publication was changed by hand: restore it to the migration's tables, or \
+                 clean up and start over"
                 .into(),
             RelationError::MissingOnTarget { table } => format!(
                 "create {table} on the target like the source, then POST /replication/resume"
@@ -186,6 +189,30 @@ impl RelationCache {
             .get(&relid)
             .map(|(_, info)| info)
             .ok_or(RelationError::Unknown { relid })
+    }
+
+    /// Remember a relation whose changes in the stream are all already in the copy of the
+    /// table it has become: the source renamed (or moved) it after these changes, and the
+    /// table was copied again under its new name at `skip_before`, after the rename. Its
+    /// changes are skipped without looking at the target, which no longer has the old name.
+    /// A change at or after `skip_before` under the old name cannot exist (the description
+    /// under the new name comes first); if one came, it would be refused as not matching.
+    pub fn renamed(&mut self, rel: &Relation, now: TableName, skip_before: Lsn) {
+        self.generation += 1;
+        tracing::info!(table = %now.display_plain(), was = %format!("{}.{}", rel.namespace, rel.name),
+            "changes made before the table was renamed are in its new copy: skipped");
+        let info = Arc::new(RelInfo {
+            relid: rel.relid,
+            table: now,
+            identity: rel.replica_identity,
+            columns: Vec::new(),
+            key: Vec::new(),
+            skip_before,
+            extra_unique: false,
+            ordered: false,
+            generation: self.generation,
+        });
+        self.rels.insert(rel.relid, (rel.clone(), info));
     }
 
     pub fn note_type(&mut self, oid: u32, namespace: String, name: String) {

@@ -22,11 +22,12 @@ use super::apply::{Applier, Committed};
 use super::decode::{self, Message};
 use super::heartbeat::{self, Drift};
 use super::hold::Hold;
-use super::relation::RelationCache;
+use super::relation::{RelationCache, RelationError};
 use super::stream::{Event, Stream};
 use super::{BATCH_AGE, BATCH_CHANGES, BATCH_LINGER, CdcError, Control};
 use crate::config::Config;
 use crate::load::LoadOutcome;
+use crate::pg::conn::ConnInfo;
 use crate::pg::{Lsn, TableName};
 use crate::status::StatusBoard;
 
@@ -66,6 +67,8 @@ struct Session<'a> {
     /// Each table's copy snapshot: its changes committed before it are in the copy.
     snapshots: BTreeMap<TableName, Lsn>,
     heartbeat_prefix: String,
+    /// The source, asked what a relation it no longer has under its streamed name is now.
+    source: ConnInfo,
     applied: Lsn,
     /// The open source transaction: its commit position, and whether it was applied earlier.
     txn: Option<(Lsn, bool)>,
@@ -117,6 +120,7 @@ impl<'a> Session<'a> {
             cache: RelationCache::default(),
             snapshots,
             heartbeat_prefix: heartbeat::prefix(cfg),
+            source: cfg.source.clone(),
             applied: start,
             txn: None,
             last_end: start,
@@ -162,6 +166,7 @@ impl<'a> Session<'a> {
         if !found.new.is_empty() {
             return Err(CdcError::NewTables {
                 tables: found.new.iter().map(|t| t.display_plain()).collect(),
+                vanished: found.vanished.iter().map(|t| t.display_plain()).collect(),
             });
         }
         // A batch open between source transactions commits when its linger is over, even if
@@ -275,6 +280,7 @@ impl<'a> Session<'a> {
                     &mut self.applier,
                     &mut self.cache,
                     &self.snapshots,
+                    &self.source,
                     msg,
                     self.txn,
                 )
@@ -387,11 +393,31 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// The source table's name now, by its oid (`None` when it is gone or the source cannot be
+/// asked: the caller then reports what it found).
+async fn name_now(source: &ConnInfo, relid: u32) -> Option<TableName> {
+    let client = source.connect("pgcutover-cdc").await.ok()?;
+    let row = client
+        .query_opt(
+            "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.oid = $1::int8::oid",
+            &[&i64::from(relid)],
+        )
+        .await
+        .ok()??;
+    Some(TableName::new(
+        row.get::<_, String>(0),
+        row.get::<_, String>(1),
+    ))
+}
+
 /// Apply one decoded message of the open transaction `txn` (commit position, applied before).
 async fn apply_message(
     applier: &mut Applier,
     cache: &mut RelationCache,
     snapshots: &BTreeMap<TableName, Lsn>,
+    source: &ConnInfo,
     msg: Message,
     txn: Option<(Lsn, bool)>,
 ) -> Result<(), CdcError> {
@@ -400,7 +426,28 @@ async fn apply_message(
     let wanted = |skip_before: Lsn| matches!(txn, Some((lsn, false)) if lsn >= skip_before);
     match msg {
         Message::Relation(rel) => {
-            let info = cache.describe(applier.client(), &rel, snapshots).await?;
+            let info = match cache.describe(applier.client(), &rel, snapshots).await {
+                Ok(info) => info,
+                Err(
+                    e @ (RelationError::NotMigrated { .. } | RelationError::MissingOnTarget { .. }),
+                ) => {
+                    // Renamed on the source since, and copied again under its new name after
+                    // the rename: what it sends under the old name is in that copy.
+                    let now = name_now(source, rel.relid).await;
+                    match now.and_then(|t| snapshots.get_key_value(&t)) {
+                        Some((now, &copied))
+                            if (now.schema.as_str(), now.name.as_str())
+                                != (rel.namespace.as_str(), rel.name.as_str())
+                                && txn.is_some_and(|(commit, _)| commit < copied) =>
+                        {
+                            cache.renamed(&rel, now.clone(), copied);
+                            return Ok(());
+                        }
+                        _ => return Err(e.into()),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            };
             applier.forget_older(&info);
         }
         Message::Type {
