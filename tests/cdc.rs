@@ -572,7 +572,8 @@ async fn a_table_created_during_cdc_is_reported_then_copied_and_streamed_once_on
 /// first meets a change under the new name or the check for new tables finds it, the
 /// operator is led, resume by resume, to an error that names both names and says to rename
 /// the table on the target too; once that is done the table is copied again under its new
-/// name and the target converges.
+/// name and the target converges. Mutation-checked: without skipping what the stream sends
+/// under the old name (it is in the new copy), the stream stopped on that name for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_renamed_on_the_source_is_named_with_its_old_name_and_converges() {
     let pair = Pair::start().await;
