@@ -2220,3 +2220,78 @@ async fn a_table_without_a_key_is_matched_through_an_index() {
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// Servers that end idle sessions after a second (`idle_session_timeout` and
+/// `idle_in_transaction_session_timeout`, set on the database, as many sites do against
+/// leaked connections): the load's sessions wait idle while others copy (here a target
+/// trigger makes the copy take seconds), the session that exported the snapshot waits in
+/// its transaction for the whole load, and the apply sessions wait between batches; none of
+/// them is ended, and the migration goes through. Mutation-checked: without our own settings
+/// the load failed on a closed connection, and the snapshot's session was ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_that_end_idle_sessions_do_not_end_the_migration() {
+    let pair = Pair::start().await;
+    let (src, tgt) = (pair.src().await, pair.tgt().await);
+    src.batch_execute(
+        "CREATE TABLE marker (id serial PRIMARY KEY);
+         CREATE TABLE slow (id int PRIMARY KEY, v text);
+         INSERT INTO slow SELECT g, 'v' || g FROM generate_series(1, 1500) g;
+         CREATE TABLE quick (id int PRIMARY KEY);
+         INSERT INTO quick SELECT generate_series(1, 10);",
+    )
+    .await
+    .unwrap();
+    // The target is created by the schema copy; its trigger (target only) slows the copy.
+    tgt.batch_execute(
+        "CREATE TABLE slow (id int PRIMARY KEY, v text);
+         CREATE TABLE quick (id int PRIMARY KEY);
+         CREATE TABLE marker (id serial PRIMARY KEY);
+         CREATE FUNCTION crawl() RETURNS trigger LANGUAGE plpgsql
+             AS $$ BEGIN PERFORM pg_sleep(0.004); RETURN NEW; END $$;
+         CREATE TRIGGER crawl BEFORE INSERT ON slow FOR EACH ROW EXECUTE FUNCTION crawl();
+         ALTER TABLE slow ENABLE ALWAYS TRIGGER crawl;",
+    )
+    .await
+    .unwrap();
+    for c in [&src, &tgt] {
+        c.batch_execute(
+            "ALTER DATABASE app SET idle_session_timeout = '1s';
+             ALTER DATABASE app SET idle_in_transaction_session_timeout = '1s';",
+        )
+        .await
+        .unwrap();
+    }
+    let (addr, stop_tx, server) =
+        start_daemon(&pair, "copy_schema = false\nparallel_workers = 2").await;
+    // Well into the 6 s copy, the session holding the exported snapshot is still there.
+    wait_for(LIMIT, "the copy to start", || async {
+        get(addr, "/status").await.1["stage"] == "full_load"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(get(addr, "/status").await.1["stage"], "full_load");
+    let exporter = scalar(
+        &src,
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE backend_type = 'walsender' AND application_name = 'pgcutover'",
+    )
+    .await;
+    assert_eq!(exporter, 1, "the snapshot's session was ended");
+    wait_for(LIMIT, "the change stream to run", || async {
+        let s = get(addr, "/status").await.1;
+        assert_ne!(s["stage"], "failed", "{s}");
+        s["stage"] == "cdc"
+    })
+    .await;
+    // Idle longer than the servers allow, then a change.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let src = pair.src().await;
+    src.batch_execute("UPDATE quick SET id = id + 100 WHERE id <= 5")
+        .await
+        .unwrap();
+    wait_caught_up(&src, &pair.tgt().await, LIMIT).await;
+    let (_, s) = get(addr, "/status").await;
+    assert_eq!(s["cdc"]["reconnects"], 0, "{s}");
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

@@ -124,12 +124,7 @@ impl Stream {
             .with_ack_lsn(pgwire_replication::Lsn(start.0))
             .with_status_interval(Duration::from_millis(100))
             .with_wakeup_interval(Duration::from_secs(5))
-            .with_buffer_size(4096)
-            // Text values as the target will parse them back, whatever the server's defaults.
-            .with_options(
-                "-c datestyle=ISO,YMD -c intervalstyle=postgres -c extra_float_digits=3 \
-                 -c bytea_output=hex -c timezone=UTC",
-            );
+            .with_buffer_size(4096);
         let mut cfg = cfg;
         cfg.publication = publication.into();
         let err = |e: pgwire_replication::PgWireError| stream_error(slot, e);

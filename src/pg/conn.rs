@@ -17,11 +17,16 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::secret::Secret;
 
-/// Session settings every pgcutover SQL session runs with.
+/// Session settings every pgcutover SQL session runs with. No timeouts: a load's sessions
+/// wait idle while others copy, for hours on a big database, and a site that ends idle
+/// sessions (`idle_session_timeout`, PostgreSQL 14+, hence set only there) must not end
+/// them.
 pub const SESSION_SETTINGS: &str = "SET DateStyle = 'ISO, YMD'; SET TimeZone = 'UTC'; \
      SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; SET bytea_output = 'hex'; \
      SET statement_timeout = 0; SET lock_timeout = 0; \
-     SET idle_in_transaction_session_timeout = 0";
+     SET idle_in_transaction_session_timeout = 0; \
+     SELECT pg_catalog.set_config('idle_session_timeout', '0', false) \
+      WHERE pg_catalog.current_setting('server_version_num')::int >= 140000";
 
 /// libpq's `sslmode` values that pgcutover speaks (`allow` and `verify-ca` are refused with
 /// a message; see [`super::tls`]).

@@ -73,7 +73,18 @@ pub(crate) fn replication_config(conn: &ConnInfo, slot: &str) -> ReplicationConf
     .with_port(conn.port)
     .with_tls(tls)
     .with_application_name("pgcutover")
+    .with_options(REPLICATION_OPTIONS)
 }
+
+/// Startup options of replication sessions (the source is PostgreSQL 14+): the session that
+/// exported the load's snapshot waits in its transaction for the whole load, and must not
+/// be ended by a site's `idle_in_transaction_session_timeout` (nor `idle_session_timeout`):
+/// a chunk copied again, or a worker started late, imports that snapshot. Values in text as
+/// the target parses them back, whatever the server's defaults.
+pub(crate) const REPLICATION_OPTIONS: &str = "-c idle_in_transaction_session_timeout=0 \
+     -c idle_session_timeout=0 \
+     -c datestyle=ISO,YMD -c intervalstyle=postgres -c extra_float_digits=3 \
+     -c bytea_output=hex -c timezone=UTC";
 
 /// Create a logical slot (pgoutput) and export its snapshot. A `temporary` slot is dropped by
 /// the server when the session ends.
