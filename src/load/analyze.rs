@@ -7,8 +7,8 @@
 //! So the load ends with `ANALYZE` of each table it copied, or of the root of each copied
 //! partition (which covers its partitions and gives the parent statistics of its own), on
 //! up to `parallel_workers` target sessions, largest first. It changes no data and is not
-//! recorded: a run stopped in the middle of it leaves the rest to autovacuum (the parents
-//! to the operator, who is told so by the log).
+//! recorded: a run stopped in the middle of it leaves the rest to autovacuum, which never
+//! analyzes a partitioned table's parent (`ANALYZE` it by hand then).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
