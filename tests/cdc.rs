@@ -2295,3 +2295,76 @@ async fn servers_that_end_idle_sessions_do_not_end_the_migration() {
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// Two-phase commit and subtransactions on the source: a prepared transaction is applied when
+/// it is committed (at its `COMMIT PREPARED`, after a transaction that committed while it
+/// waited), one rolled back never appears, and what a savepoint rolled back, or an exception
+/// block undid, is absent; a transaction of more subtransactions than a backend caches (64)
+/// arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_transactions_and_savepoints_apply_as_the_source_committed_them() {
+    let pair = Pair::start_with(pgcutover::pg::cluster::ClusterOptions {
+        settings: vec![("max_prepared_transactions".into(), "4".into())],
+        ..Default::default()
+    })
+    .await;
+    let src = pair.src().await;
+    src.batch_execute(
+        "CREATE TABLE marker (id serial PRIMARY KEY);
+         CREATE TABLE t (id int PRIMARY KEY, v text);
+         CREATE TABLE log (n serial PRIMARY KEY, id int, what text);
+         INSERT INTO t VALUES (1, 'one'), (2, 'two');",
+    )
+    .await
+    .unwrap();
+    let (addr, stop_tx, server) = start_daemon(&pair, "").await;
+    wait_for(LIMIT, "the change stream to run", || async {
+        get(addr, "/status").await.1["stage"] == "cdc"
+    })
+    .await;
+    run_each(
+        &src,
+        &[
+            // Prepared first, committed last: it updates row 1 after the plain transaction.
+            "BEGIN; UPDATE t SET v = 'prepared' WHERE id = 1; \
+             INSERT INTO log (id, what) VALUES (1, 'prepared'); PREPARE TRANSACTION 'p1'",
+            "BEGIN; INSERT INTO t VALUES (10, 'gone'); PREPARE TRANSACTION 'p2'",
+            "UPDATE t SET v = 'plain' WHERE id = 2; INSERT INTO log (id, what) VALUES (2, 'plain')",
+            "ROLLBACK PREPARED 'p2'",
+            "COMMIT PREPARED 'p1'",
+            "BEGIN; INSERT INTO t VALUES (3, 'kept'); SAVEPOINT a; \
+             INSERT INTO t VALUES (4, 'rolled back'); UPDATE t SET v = 'undone' WHERE id = 1; \
+             ROLLBACK TO a; INSERT INTO t VALUES (5, 'after'); SAVEPOINT b; \
+             DELETE FROM t WHERE id = 2; RELEASE b; COMMIT",
+            // 200 subtransactions, every third undone by its exception block.
+            "DO $$ BEGIN FOR i IN 100..299 LOOP
+                 BEGIN
+                     INSERT INTO t VALUES (i, 'sub ' || i);
+                     IF i % 3 = 0 THEN RAISE EXCEPTION 'undo'; END IF;
+                 EXCEPTION WHEN raise_exception THEN NULL;
+                 END;
+             END LOOP; END $$",
+        ],
+    )
+    .await;
+    assert_same(&pair).await;
+    let tgt = pair.tgt().await;
+    for (sql, want) in [
+        ("SELECT v FROM t WHERE id = 1", "prepared"),
+        ("SELECT count(*)::text FROM t WHERE id IN (2, 4, 10)", "0"),
+        (
+            "SELECT string_agg(v, ',' ORDER BY id) FROM t WHERE id IN (3, 5)",
+            "kept,after",
+        ),
+        ("SELECT count(*)::text FROM t WHERE id >= 100", "134"),
+        (
+            "SELECT string_agg(what, ',' ORDER BY what) FROM log",
+            "plain,prepared",
+        ),
+    ] {
+        let got: String = tgt.query_one(sql, &[]).await.unwrap().get(0);
+        assert_eq!(got, want, "{sql}");
+    }
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

@@ -511,7 +511,11 @@ async fn materialized_views_are_filled_on_the_target_and_large_objects_pointed_o
 /// once it ends, with the row it wrote in the copy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_left_open_on_the_source_is_named_while_the_slot_waits_for_it() {
-    let pair = Pair::start().await;
+    let pair = Pair::start_with(pgcutover::pg::cluster::ClusterOptions {
+        settings: vec![("max_prepared_transactions".into(), "4".into())],
+        ..Default::default()
+    })
+    .await;
     let src = pair.src().await;
     src.batch_execute(
         "CREATE TABLE t (id int PRIMARY KEY, v text);
@@ -529,6 +533,12 @@ async fn a_transaction_left_open_on_the_source_is_named_while_the_slot_waits_for
         .batch_execute("BEGIN; INSERT INTO t VALUES (101, 'secret-ish literal')")
         .await
         .unwrap();
+    // A prepared transaction, forgotten by whoever prepared it: it has no session to end.
+    src.batch_execute(
+        "BEGIN; INSERT INTO t VALUES (102, 'prepared'); PREPARE TRANSACTION 'forgotten gid'",
+    )
+    .await
+    .unwrap();
 
     let status = StatusBoard::new("native", "t");
     let cfg = pair.config("");
@@ -558,7 +568,41 @@ async fn a_transaction_left_open_on_the_source_is_named_while_the_slot_waits_for
     assert!(!view.to_string().contains("secret-ish"), "{view}");
     assert!(!load.is_finished());
 
+    let prepared = |b: &pgcutover::status::Blocker| {
+        b.pid.is_none()
+            && b.state.as_deref() == Some("prepared")
+            && b.prepared_gid.as_deref() == Some("forgotten gid")
+            && b.transaction_seconds > Some(0.0)
+    };
+    assert!(
+        status.view().waiting.unwrap().blockers.iter().any(prepared),
+        "{view}"
+    );
+    assert!(
+        waiting["hint"]
+            .as_str()
+            .unwrap()
+            .contains("COMMIT PREPARED"),
+        "{view}"
+    );
+
+    // The session's transaction ends; the prepared one still holds the slot back, alone.
     blocker.batch_execute("COMMIT").await.unwrap();
+    wait_for(
+        LIMIT,
+        "the prepared transaction as the only blocker",
+        || async {
+            status
+                .view()
+                .waiting
+                .is_some_and(|w| w.blockers.len() == 1 && prepared(&w.blockers[0]))
+        },
+    )
+    .await;
+    assert!(!load.is_finished());
+    src.batch_execute("COMMIT PREPARED 'forgotten gid'")
+        .await
+        .unwrap();
     tokio::time::timeout(LIMIT, load)
         .await
         .expect("the load goes on")
@@ -567,6 +611,6 @@ async fn a_transaction_left_open_on_the_source_is_named_while_the_slot_waits_for
     assert!(status.view().waiting.is_none());
     assert_eq!(
         scalar(&pair.tgt().await, "SELECT count(*) FROM t").await,
-        101
+        102
     );
 }
