@@ -2368,3 +2368,123 @@ async fn prepared_transactions_and_savepoints_apply_as_the_source_committed_them
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// The status's `cdc` object, and how many times the stream was interrupted so far.
+async fn cdc_view(addr: std::net::SocketAddr) -> (serde_json::Value, u64) {
+    let (_, s) = get(addr, "/status").await;
+    let reconnects = s["cdc"]["reconnects"].as_u64().unwrap_or(0);
+    (s["cdc"].clone(), reconnects)
+}
+
+/// Connections to the source that go silent without closing, as when a firewall, a NAT
+/// gateway or a failover forgets them (no reset ever arrives): the stream's is found dead by
+/// asking the source on a new connection, and replaced, losing nothing; the heartbeat's is
+/// given up on and replaced too, so the lag is measured again. First with the source keeping
+/// the forgotten walsender for ever (`wal_sender_timeout = 0`: the probe ends it, or the slot
+/// would stay held), then with the source ending it itself. Before that, a stream that is
+/// silent only because its walsender reads a long stretch of WAL with nothing to send (a big
+/// transaction on a table outside the migration, written while the daemon was stopped) is
+/// asked about and left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_connections_that_go_silent_without_closing_are_replaced_and_lose_nothing() {
+    let pair = Pair::start_with(pgcutover::pg::cluster::ClusterOptions {
+        settings: vec![("wal_sender_timeout".into(), "0".into())],
+        ..Default::default()
+    })
+    .await;
+    let src = pair.src().await;
+    src.batch_execute(
+        "CREATE TABLE marker (id serial PRIMARY KEY);
+         CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g;
+         CREATE UNLOGGED TABLE outside (id int, v text);",
+    )
+    .await
+    .unwrap();
+    let proxy = Proxy::start(pair.source.port()).await;
+    let mut cfg = pair.config("receive_timeout = \"1s\"\nexclude = [\"public.outside\"]");
+    cfg.source.port = proxy.port;
+    let (addr, stop_tx, server) = start_daemon_with(cfg.clone()).await;
+    wait_for(LIMIT, "the change stream to run", || async {
+        get(addr, "/status").await.1["stage"] == "cdc"
+    })
+    .await;
+    let tgt = pair.tgt().await;
+    wait_caught_up(&src, &tgt, LIMIT).await;
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+
+    // Seconds of WAL with nothing to publish, then a change; the walsender reads through
+    // that WAL in silence (the daemon's heartbeats come after it).
+    src.batch_execute(
+        "ALTER TABLE outside SET LOGGED;
+         INSERT INTO outside SELECT g, repeat('x', 200) FROM generate_series(1, 2000000) g;
+         INSERT INTO t VALUES (500, 'after the long stretch');",
+    )
+    .await
+    .unwrap();
+    let (addr, stop_tx, server) = start_daemon_with(cfg).await;
+    wait_caught_up(&src, &tgt, LIMIT).await;
+    let (view, reconnects) = cdc_view(addr).await;
+    assert!(view["silences"].as_u64() >= Some(1), "{view}");
+    assert_eq!(reconnects, 0, "a busy walsender's stream was cut: {view}");
+
+    for (round, why) in [
+        (0, "the source received nothing from the stream"),
+        (1, "the source has no walsender on the slot any more"),
+    ] {
+        if round == 1 {
+            run_each(
+                &src,
+                &[
+                    "ALTER SYSTEM SET wal_sender_timeout = '1s'",
+                    "SELECT pg_reload_conf()",
+                ],
+            )
+            .await;
+        }
+        let (_, reconnects) = cdc_view(addr).await;
+        proxy.silence_existing();
+        run_each(
+            &src,
+            &[
+                &format!("UPDATE t SET v = v || '+{round}' WHERE id % 3 = {round}"),
+                &format!("INSERT INTO t VALUES (1000 + {round}, 'after silence {round}')"),
+            ],
+        )
+        .await;
+        let started = std::time::Instant::now();
+        let seen = loop {
+            let (view, _) = cdc_view(addr).await;
+            if let Some(e) = view["interrupted"]["error"].as_str() {
+                break e.to_string();
+            }
+            assert!(started.elapsed() < LIMIT, "round {round}: never found dead");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(
+            seen.contains("received nothing for") && seen.contains(why),
+            "round {round}: {seen}"
+        );
+        wait_caught_up(&src, &tgt, LIMIT).await;
+        let (view, now) = cdc_view(addr).await;
+        assert_eq!(now, reconnects + 1, "round {round}: {view}");
+        // The heartbeat writes on a new connection: its beats come through again.
+        let beats = view["heartbeats_applied"].as_u64().unwrap();
+        wait_for(LIMIT, "heartbeats through the new connections", || async {
+            cdc_view(addr).await.0["heartbeats_applied"].as_u64() >= Some(beats + 3)
+        })
+        .await;
+    }
+    src.batch_execute("DROP TABLE outside").await.unwrap();
+    assert_same(&pair).await;
+    // One walsender for the slot, the stream's.
+    let walsenders = scalar(
+        &src,
+        "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'pgcutover'",
+    )
+    .await;
+    assert_eq!(walsenders, 1);
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

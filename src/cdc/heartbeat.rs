@@ -46,7 +46,9 @@ pub(super) fn prefix(cfg: &Config) -> String {
 }
 
 /// Once a second: stamp a heartbeat into the source's WAL and read its WAL position and the
-/// slot's retained WAL. Failures are logged and retried; lag then shows as growing. Every
+/// slot's retained WAL. Failures are logged and retried; lag then shows as growing. A round
+/// that takes longer than `replication.receive_timeout` gives up on its connection (one that
+/// a firewall forgot would never answer) and the next opens another. Every
 /// [`NEW_TABLE_CHECK_EVERY`] heartbeats, look for tables (or partitions) created on the source
 /// that the patterns select but the migration does not have, and for migrated tables removed
 /// from the publication, and report them on `drift`.
@@ -56,8 +58,15 @@ pub(super) async fn run(
     known: Vec<TableName>,
     drift: tokio::sync::watch::Sender<Drift>,
 ) {
-    let prefix = prefix(&cfg);
-    let slot = cfg.replication.migration_id.slot_name();
+    let heart = Heart {
+        prefix: prefix(&cfg),
+        slot: cfg.replication.migration_id.slot_name(),
+        cfg,
+        status,
+        known,
+        drift,
+    };
+    let cfg = &heart.cfg;
     let mut client = None;
     let mut warned = false;
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
@@ -77,52 +86,90 @@ pub(super) async fn run(
             }
         }
         let Some(c) = client.as_ref() else { continue };
+        let round = heart.beat(c, beat.is_multiple_of(NEW_TABLE_CHECK_EVERY));
+        // A connection that died without being closed would hold the heartbeat (and the lag
+        // it measures) for as long as the kernel retransmits: give up on it instead.
+        let limit = cfg.replication.receive_timeout;
+        let (failure, reconnect) = match tokio::time::timeout(limit, round).await {
+            Ok(Ok(())) => {
+                warned = false;
+                continue;
+            }
+            Ok(Err(e)) => (e.to_string(), c.is_closed()),
+            Err(_) => (
+                format!(
+                    "the source did not answer within {} s (replication.receive_timeout); \
+                     reconnecting",
+                    limit.as_secs_f64()
+                ),
+                true,
+            ),
+        };
+        if !warned {
+            tracing::warn!(error = %failure, "heartbeat failed; lag in seconds is not measured");
+            warned = true;
+        }
+        if reconnect {
+            client = None;
+        }
+    }
+}
+
+/// What the heartbeat works with.
+struct Heart {
+    cfg: Config,
+    status: Arc<StatusBoard>,
+    prefix: String,
+    slot: String,
+    known: Vec<TableName>,
+    drift: tokio::sync::watch::Sender<Drift>,
+}
+
+impl Heart {
+    /// One heartbeat: stamp it into the source's WAL, then read the source's position, the
+    /// slot's state and, when `look_for_drift`, the drift of the source's tables.
+    async fn beat(&self, c: &tokio_postgres::Client, look_for_drift: bool) -> Result<(), SqlError> {
+        let Heart {
+            cfg,
+            status,
+            prefix,
+            slot,
+            known,
+            drift,
+        } = self;
         let sent = unix_micros();
-        let result = c
+        let row = c
             .query_one(
                 "SELECT pg_logical_emit_message(false, $1, $2)::text,
-                        pg_current_wal_lsn()::text",
+                    pg_current_wal_lsn()::text",
                 &[&prefix, &sent.to_string()],
             )
             .await
-            .ctx(|| "writing a heartbeat on the source".into());
-        match result {
-            Ok(row) => {
-                warned = false;
-                status.heartbeat_sent(sent);
-                let current: Option<Lsn> = row.get::<_, String>(1).parse().ok();
-                if let Some(current) = current {
-                    status.source_wal(current);
+            .ctx(|| "writing a heartbeat on the source".into())?;
+        status.heartbeat_sent(sent);
+        let current: Option<Lsn> = row.get::<_, String>(1).parse().ok();
+        if let Some(current) = current {
+            status.source_wal(current);
+        }
+        if let Ok(Some(state)) = slot::slot_state(c, slot).await {
+            let now = state.clone();
+            let before = status.slot_state(state);
+            slot::log_wal_status_change(slot, before.as_deref(), &now);
+        }
+        if look_for_drift {
+            match drift_of(c, cfg, known).await {
+                Ok(found) if !found.is_empty() => {
+                    drift.send_if_modified(|v| {
+                        let changed = *v != found;
+                        *v = found;
+                        changed
+                    });
                 }
-                if let Ok(Some(state)) = slot::slot_state(c, &slot).await {
-                    let now = state.clone();
-                    let before = status.slot_state(state);
-                    slot::log_wal_status_change(&slot, before.as_deref(), &now);
-                }
-                if beat % NEW_TABLE_CHECK_EVERY == 0 {
-                    match drift_of(c, &cfg, &known).await {
-                        Ok(found) if !found.is_empty() => {
-                            drift.send_if_modified(|v| {
-                                let changed = *v != found;
-                                *v = found;
-                                changed
-                            });
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::debug!(error = %e, "looking for new tables failed"),
-                    }
-                }
-            }
-            Err(e) => {
-                if !warned {
-                    tracing::warn!(error = %e, "heartbeat failed; lag in seconds is not measured");
-                    warned = true;
-                }
-                if c.is_closed() {
-                    client = None;
-                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "looking for new tables failed"),
             }
         }
+        Ok(())
     }
 }
 

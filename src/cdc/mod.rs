@@ -9,7 +9,8 @@
 //! * [`progress`]: the applied position, committed with the changes;
 //! * [`hold`]: holding the apply at a source position, for validation at an exact point;
 //! * `session`: one replication session, the loop below; `heartbeat`: the lag measurement
-//!   and the watch for new tables, on a source connection of their own.
+//!   and the watch for new tables, on a source connection of their own;
+//! * [`silence`]: whether a stream that receives nothing is dead or its walsender busy.
 //!
 //! ## The loop
 //!
@@ -35,7 +36,8 @@
 //!
 //! ## Failures
 //!
-//! A broken connection (either side) is retried with backoff from the recorded position. A
+//! A broken connection (either side) is retried with backoff from the recorded position, and
+//! so is a stream connection found dead without having been closed (see [`silence`]). A
 //! change the target refuses, or a schema difference, stops the apply with an error in
 //! `/status` (stage `stopped`) and waits for `POST /replication/resume` (or a restart); the
 //! transaction being applied is rolled back, so nothing is half-applied. So do what no retry
@@ -59,6 +61,7 @@ pub mod hold;
 pub mod progress;
 pub mod relation;
 mod session;
+pub mod silence;
 pub mod stream;
 
 use std::sync::Arc;
@@ -94,6 +97,15 @@ pub enum CdcError {
     Stream(#[from] StreamError),
     #[error("the replication stream ended")]
     Ended,
+    #[error(
+        "the replication stream from slot {slot} received nothing for {silent_secs:.0} s, and \
+         {why}"
+    )]
+    Silent {
+        slot: String,
+        silent_secs: f64,
+        why: String,
+    },
     #[error("undecodable message in the replication stream: {0}")]
     Decode(#[from] DecodeError),
     #[error(transparent)]
@@ -134,7 +146,7 @@ impl CdcError {
     fn transient(&self) -> bool {
         match self {
             CdcError::Stream(e) => e.transient,
-            CdcError::Ended => true,
+            CdcError::Ended | CdcError::Silent { .. } => true,
             CdcError::Apply(e) => e.is_transient(),
             CdcError::Sql(e) | CdcError::Relation(RelationError::Sql(e)) => e.is_transient(),
             CdcError::Conn(_) => true,
@@ -172,6 +184,13 @@ impl CdcError {
             CdcError::Stream(e) if !e.transient => "the replication role's password, \
                 privileges or TLS settings no longer work on the source; restore them, then \
                 POST /replication/resume"
+                .into(),
+            CdcError::Silent { .. } => "something between pgcutover and the source (a \
+                firewall, a NAT gateway or load balancer timing out idle connections, a \
+                failover) dropped the connection without closing it: pgcutover reconnects from \
+                the target's recorded position, nothing is lost; if it happens again, look at \
+                what sits between them, or raise replication.receive_timeout if the source is \
+                only slow"
                 .into(),
             CdcError::Stream(_) | CdcError::Ended | CdcError::Conn(_) => {
                 "check that the source and the target are reachable; POST /replication/resume \

@@ -14,7 +14,9 @@
 //!   that a crash of the target host cannot lose what the slot already forgot.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::time::Instant;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
@@ -23,6 +25,7 @@ use super::decode::{self, Message};
 use super::heartbeat::{self, Drift};
 use super::hold::Hold;
 use super::relation::{RelationCache, RelationError};
+use super::silence::{self, Verdict};
 use super::stream::{Event, Stream};
 use super::{BATCH_AGE, BATCH_CHANGES, BATCH_LINGER, CdcError, Control};
 use crate::config::Config;
@@ -55,7 +58,10 @@ pub(super) async fn run(
     if !err.transient() {
         let _ = session.applier.rollback().await;
     }
-    session.stream.close().await;
+    match err {
+        CdcError::Silent { .. } => session.stream.abandon(),
+        _ => session.stream.close().await,
+    }
     err
 }
 
@@ -87,6 +93,14 @@ struct Session<'a> {
     /// waits in `deferred`.
     pending_hold: Option<Hold>,
     deferred: Option<Event>,
+    slot: String,
+    /// Silence on the stream for this long starts a probe (see [`silence`]).
+    receive_timeout: Duration,
+    /// When the stream last delivered an event, as of the last wait for one.
+    heard_at: tokio::time::Instant,
+    /// Events were taken without waiting since `heard_at` was set.
+    took_ready: bool,
+    probe: Option<Pin<Box<dyn Future<Output = Verdict> + Send>>>,
 }
 
 impl<'a> Session<'a> {
@@ -110,7 +124,9 @@ impl<'a> Session<'a> {
         let start = recorded.unwrap_or(load.slot_lsn);
         let slot = cfg.replication.migration_id.slot_name();
         let publication = cfg.replication.migration_id.publication_name();
-        let stream = Stream::open(&cfg.source, &slot, &publication, start).await?;
+        let receive_timeout = cfg.replication.receive_timeout;
+        let wakeup = silence::wakeup(receive_timeout);
+        let stream = Stream::open(&cfg.source, &slot, &publication, start, wakeup).await?;
         tracing::info!(%slot, from = %start, "change stream started");
         status.cdc_running(start);
         Ok(Session {
@@ -132,6 +148,11 @@ impl<'a> Session<'a> {
             unflushed: VecDeque::new(),
             pending_hold: None,
             deferred: None,
+            slot,
+            receive_timeout,
+            heard_at: tokio::time::Instant::now(),
+            took_ready: false,
+            probe: None,
         })
     }
 
@@ -184,17 +205,36 @@ impl<'a> Session<'a> {
             // An event ready at once (always, during a catch-up) needs no waiting on anything
             // else: answers are read above, and hold requests and new tables were just looked
             // at. This spares a select over five futures per event.
-            None if let Some(next) = self.stream.try_next() => next?.ok_or(CdcError::Ended)?,
+            None if let Some(next) = self.stream.try_next() => {
+                self.took_ready = true;
+                next?.ok_or(CdcError::Ended)?
+            }
             None => {
+                if std::mem::take(&mut self.took_ready) {
+                    self.heard();
+                }
+                let silent_until = self.heard_at + self.receive_timeout;
                 let next = tokio::select! {
                     // All cancel-safe: the stream and `recv` read channels, `changed` a watch.
-                    next = self.stream.next() => next?,
+                    next = self.stream.next() => {
+                        self.heard();
+                        next?
+                    }
                     // Cancel-safe too: an answer that came in stays for `collect`.
                     _ = self.applier.answer() => return Ok(answered),
                     _ = sleep_until_some(linger_until) => return Ok(answered),
                     _ = drift.changed() => return Ok(answered),
                     h = holds.recv() => {
                         self.pending_hold = h;
+                        return Ok(answered);
+                    }
+                    _ = tokio::time::sleep_until(silent_until), if self.probe.is_none() => {
+                        self.start_probe();
+                        return Ok(answered);
+                    }
+                    verdict = probed(&mut self.probe) => {
+                        self.probe = None;
+                        self.on_verdict(verdict)?;
                         return Ok(answered);
                     }
                 };
@@ -343,6 +383,44 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// The stream delivered an event: a probe under way is not needed any more.
+    fn heard(&mut self) {
+        self.heard_at = tokio::time::Instant::now();
+        self.probe = None;
+    }
+
+    /// Nothing came in for `receive_timeout`: ask the source whether it still hears the
+    /// stream, while the session goes on.
+    fn start_probe(&mut self) {
+        tracing::debug!(slot = %self.slot, silent_secs = self.heard_at.elapsed().as_secs_f64(),
+            "the change stream received nothing; asking the source whether it hears the stream");
+        self.status.cdc_silent();
+        let gap = silence::gap(self.receive_timeout);
+        self.probe = Some(Box::pin(silence::probe(
+            self.source.clone(),
+            self.slot.clone(),
+            gap,
+        )));
+    }
+
+    fn on_verdict(&mut self, verdict: Verdict) -> Result<(), CdcError> {
+        let silent_secs = self.heard_at.elapsed().as_secs_f64();
+        match verdict {
+            Verdict::Alive => {
+                tracing::info!(slot = %self.slot, silent_secs,
+                    "the change stream received nothing, but the source hears it: its \
+                     walsender is reading WAL with nothing to send yet");
+                self.heard_at = tokio::time::Instant::now();
+                Ok(())
+            }
+            Verdict::Dead { why, .. } => Err(CdcError::Silent {
+                slot: self.slot.clone(),
+                silent_secs,
+                why,
+            }),
+        }
+    }
+
     /// No batch open or committing, and every commit flushed on the target.
     fn idle(&self) -> bool {
         self.batch_started.is_none() && !self.applier.commit_pending() && self.unflushed.is_empty()
@@ -382,6 +460,14 @@ impl<'a> Session<'a> {
         if let Some(source) = newest {
             self.stream.confirm(source);
         }
+    }
+}
+
+/// The probe's verdict, or never when no probe runs.
+async fn probed(probe: &mut Option<Pin<Box<dyn Future<Output = Verdict> + Send>>>) -> Verdict {
+    match probe {
+        Some(p) => p.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 

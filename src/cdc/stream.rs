@@ -112,18 +112,20 @@ pub struct Stream {
 
 impl Stream {
     /// START_REPLICATION on `slot` from `start` (the last position the target committed),
-    /// waiting until the server has accepted it.
+    /// waiting until the server has accepted it. While it receives nothing, the stream sends
+    /// the server a status update every `wakeup` (see [`super::silence`]).
     pub async fn open(
         conn: &ConnInfo,
         slot: &str,
         publication: &str,
         start: Lsn,
+        wakeup: Duration,
     ) -> Result<Stream, StreamError> {
         let cfg = replication_config(conn, slot)
             .with_start_lsn(pgwire_replication::Lsn(start.0))
             .with_ack_lsn(pgwire_replication::Lsn(start.0))
             .with_status_interval(Duration::from_millis(100))
-            .with_wakeup_interval(Duration::from_secs(5))
+            .with_wakeup_interval(wakeup)
             .with_buffer_size(4096);
         let mut cfg = cfg;
         cfg.publication = publication.into();
@@ -231,6 +233,11 @@ impl Stream {
     /// End the stream (CopyDone) and wait briefly for the server to let go of the slot.
     pub async fn close(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.client.shutdown()).await;
+        self.client.abort();
+    }
+
+    /// Drop a stream whose connection is dead, without waiting for an answer.
+    pub fn abandon(mut self) {
         self.client.abort();
     }
 }

@@ -39,6 +39,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("replication", "apply_sessions"),
     ("replication", "split_tables_larger_than"),
     ("replication", "pg_bin_dir"),
+    ("replication", "receive_timeout"),
     ("cutover", "max_lag"),
     ("cutover", "max_freeze"),
     ("cutover", "app_roles"),
@@ -96,6 +97,10 @@ pub struct Replication {
     /// 0 never splits.
     pub split_tables_larger_than: u64,
     pub pg_bin_dir: Option<PathBuf>,
+    /// How long the change stream may receive nothing before pgcutover asks the source, on a
+    /// new connection, whether the stream's connection still works (see
+    /// [`crate::cdc::stream`]); also the longest a heartbeat round may take.
+    pub receive_timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -289,6 +294,17 @@ impl Config {
             .size("replication", "split_tables_larger_than")
             .unwrap_or(DEFAULT_SPLIT_BYTES);
         let pg_bin_dir = r.path("replication", "pg_bin_dir");
+        let receive_timeout = match r.duration("replication", "receive_timeout") {
+            None => DEFAULT_RECEIVE_TIMEOUT,
+            Some(d) if d >= Duration::from_secs(1) => d,
+            Some(d) => {
+                r.problems.push(format!(
+                    "replication.receive_timeout must be at least 1s, not {}ms",
+                    d.as_millis()
+                ));
+                DEFAULT_RECEIVE_TIMEOUT
+            }
+        };
 
         let max_lag = r
             .duration("cutover", "max_lag")
@@ -362,6 +378,7 @@ impl Config {
                 apply_sessions,
                 split_tables_larger_than,
                 pg_bin_dir,
+                receive_timeout,
             },
             cutover: Cutover {
                 max_lag,
@@ -375,6 +392,9 @@ impl Config {
         })
     }
 }
+
+/// Like PostgreSQL's `wal_receiver_timeout`.
+pub const DEFAULT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// 1 GiB: below that a table is one unit of work (and can be loaded with `COPY FREEZE`).
 pub const DEFAULT_SPLIT_BYTES: u64 = 1 << 30;
@@ -409,6 +429,7 @@ mod tests {
         assert!(c.replication.copy_schema);
         assert_eq!(c.replication.tables.len(), 1);
         assert_eq!(c.cutover.max_lag, Duration::from_secs(5));
+        assert_eq!(c.replication.receive_timeout, Duration::from_secs(60));
         assert_eq!(c.api.listen.to_string(), "127.0.0.1:8089");
         assert_eq!(c.state_dir, PathBuf::from("/etc/pgcutover/state"));
         assert!(c.source.password.is_none());
@@ -453,6 +474,7 @@ mod tests {
             tables = ["public."]
             copy_schema = "yes"
             split_tables_larger_than = "lots"
+            receive_timeout = "500ms"
             colour = "blue"
             [cutover]
             max_lag = "5 parsecs"
@@ -476,6 +498,7 @@ mod tests {
             "has an empty part",
             "copy_schema must be true or false",
             "split_tables_larger_than",
+            "receive_timeout must be at least 1s, not 500ms",
             "unknown key replication.colour",
             "max_lag",
             "not a loopback address",
@@ -484,7 +507,7 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }
-        assert!(err.problems.len() >= 13, "{text}");
+        assert!(err.problems.len() >= 14, "{text}");
     }
 
     #[test]

@@ -28,6 +28,10 @@ pub const SESSION_SETTINGS: &str = "SET DateStyle = 'ISO, YMD'; SET TimeZone = '
      SELECT pg_catalog.set_config('idle_session_timeout', '0', false) \
       WHERE pg_catalog.current_setting('server_version_num')::int >= 140000";
 
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 3;
+
 /// libpq's `sslmode` values that pgcutover speaks (`allow` and `verify-ca` are refused with
 /// a message; see [`super::tls`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,6 +192,15 @@ impl ConnInfo {
         self.host.starts_with('/')
     }
 
+    /// TCP keepalives end a session whose server or network went away without a word (a
+    /// host that died, a firewall or NAT that forgot the connection) within about a minute of
+    /// silence: probes after [`KEEPALIVE_IDLE`], [`KEEPALIVE_RETRIES`] of them
+    /// [`KEEPALIVE_INTERVAL`] apart. The session's next call then fails as a broken
+    /// connection, which the load and the change stream retry. A session waiting for a long
+    /// statement is not affected: the server's kernel answers the probes. `tcp_user_timeout`
+    /// is not set: Linux also applies it to a peer that keeps its receive window shut, which
+    /// is what a target backend waiting on a lock does to an apply session that pipelined
+    /// more than the socket holds, and it would cut that session.
     fn pg_config(&self, application_name: &str) -> tokio_postgres::Config {
         let mut cfg = tokio_postgres::Config::new();
         if self.is_unix_socket() {
@@ -201,7 +214,9 @@ impl ConnInfo {
             .application_name(application_name)
             .connect_timeout(self.connect_timeout)
             .keepalives(true)
-            .keepalives_idle(Duration::from_secs(30));
+            .keepalives_idle(KEEPALIVE_IDLE)
+            .keepalives_interval(KEEPALIVE_INTERVAL)
+            .keepalives_retries(KEEPALIVE_RETRIES);
         if let Some(p) = &self.password {
             cfg.password(p.expose());
         }

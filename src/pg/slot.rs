@@ -208,8 +208,36 @@ pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>, 
     }))
 }
 
-/// How much WAL the source keeps for a slot, and whether it is safe (the last two are NULL
-/// before PostgreSQL 13).
+/// The walsender streaming from a slot, as the source sees it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SlotSender {
+    /// `pg_replication_slots.active_pid`: none when no session streams from the slot.
+    pub pid: Option<i32>,
+    /// The send time the consumer put in its last status update (`pg_stat_replication.
+    /// reply_time`, in seconds since 1970 by the consumer's clock); none before the first, or
+    /// when the role may not see the walsender's statistics.
+    pub reply_time: Option<f64>,
+}
+
+/// Who streams from `slot` now, or `None` when there is no such slot.
+pub async fn slot_sender(client: &Client, slot: &str) -> Result<Option<SlotSender>, SqlError> {
+    let row = client
+        .query_opt(
+            "SELECT s.active_pid, extract(epoch FROM r.reply_time)::float8
+               FROM pg_replication_slots s
+               LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
+              WHERE s.slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .ctx(|| format!("looking up the walsender of replication slot {slot}"))?;
+    Ok(row.map(|r| SlotSender {
+        pid: r.get(0),
+        reply_time: r.get(1),
+    }))
+}
+
+/// How much WAL the source keeps for a slot, and whether it is safe.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SlotState {
     /// The source's current WAL position when it was read.

@@ -152,6 +152,9 @@ pub struct CdcView {
     pub lag_p99_seconds: Option<f64>,
     pub heartbeats_applied: u64,
     pub reconnects: u64,
+    /// Times the stream received nothing for `replication.receive_timeout` and the source
+    /// was asked whether it still heard it (see [`crate::cdc::silence`]).
+    pub silences: u64,
     /// Why the stream is down and being retried (absent while it runs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interrupted: Option<Interruption>,
@@ -336,6 +339,12 @@ impl StatusBoard {
             Some(cdc.reconnects as f64),
         );
         gauge(
+            "pgcutover_stream_silences",
+            "Times the change stream received nothing for replication.receive_timeout and \
+             the source was asked whether it still heard it.",
+            Some(cdc.silences as f64),
+        );
+        gauge(
             "pgcutover_waiting_seconds",
             "How long the daemon has waited on source transactions only others can end \
              (0 when not waiting; /status names them).",
@@ -419,6 +428,12 @@ impl StatusBoard {
         let c = g.cdc.get_or_insert_with(CdcView::default);
         c.reconnects += 1;
         c.interrupted = Some(why);
+    }
+
+    /// The stream received nothing for a while; the source is being asked about it.
+    pub fn cdc_silent(&self) {
+        let mut g = self.lock();
+        g.cdc.get_or_insert_with(CdcView::default).silences += 1;
     }
 
     /// A target transaction committed.

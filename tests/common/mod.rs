@@ -437,3 +437,78 @@ pub fn start_writer(
         txns
     })
 }
+
+/// A TCP proxy on 127.0.0.1 in front of a server's port, whose connections can be made to go
+/// silent the way a firewall or NAT gateway that forgot them does: they stay open, carry
+/// nothing more either way, and no end ever arrives (what each side sends is read and
+/// dropped). Connections made afterwards work. Everything ends when the proxy is dropped.
+pub struct Proxy {
+    pub port: u16,
+    epoch: tokio::sync::watch::Sender<u64>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstream_port: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (epoch, epoch_rx) = tokio::sync::watch::channel(0u64);
+        let accept = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
+                else {
+                    continue;
+                };
+                let born = *epoch_rx.borrow();
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                conns.spawn(pump(cr, sw, epoch_rx.clone(), born));
+                conns.spawn(pump(sr, cw, epoch_rx.clone(), born));
+            }
+        });
+        Proxy {
+            port,
+            epoch,
+            accept,
+        }
+    }
+
+    /// Every connection made so far goes silent.
+    pub fn silence_existing(&self) {
+        self.epoch.send_modify(|e| *e += 1);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// Copy one direction until either end closes, or for ever drop what arrives once the
+/// connection was silenced (its other end then never hears of a close either).
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    epoch: tokio::sync::watch::Receiver<u64>,
+    born: u64,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) if *epoch.borrow() > born => return std::future::pending().await,
+            Ok(0) | Err(_) => {
+                let _ = to.shutdown().await;
+                return;
+            }
+            Ok(n) => n,
+        };
+        if *epoch.borrow() > born {
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
