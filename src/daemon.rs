@@ -1,8 +1,11 @@
 //! `pgcutover serve`: the HTTP API plus the migration pipeline, until SIGINT/SIGTERM.
 //!
 //! A failed pipeline does not end the process: the daemon keeps answering `/status` with the
-//! error and its hint, so the operator sees why, and a restart resumes from the state kept on
-//! the target.
+//! error and its hint, so the operator sees why. A load that failed for a passing reason (a
+//! server out of reach, at start-up too: a daemon restarted while the source reboots) is run
+//! again with backoff, as the change stream reconnects; any other failure waits for
+//! `POST /replication/resume` once the cause is fixed. Either resumes from the state kept on
+//! the target, as a restart does.
 
 use std::sync::Arc;
 
@@ -147,10 +150,15 @@ impl Daemon {
         });
         let pipeline = tokio::spawn(async move {
             // The load returns at once when everything is loaded; it runs again when the
-            // stream found new tables and the operator asked to take them in.
+            // stream found new tables and the operator asked to take them in, after a
+            // passing failure (a server out of reach, at start-up too), and on the
+            // operator's word after any other.
+            let mut retries = 0u32;
             loop {
                 match crate::load::run(&cfg, pipeline_status.clone()).await {
                     Ok(outcome) => {
+                        retries = 0;
+                        pipeline_status.load_retrying(None);
                         crate::cdc::run_dedicated(
                             &cfg,
                             pipeline_status.clone(),
@@ -164,9 +172,30 @@ impl Daemon {
                             error: e.to_string(),
                             hint: e.hint(),
                         };
+                        if e.is_transient() && retries < crate::cdc::MAX_RETRIES {
+                            retries += 1;
+                            let wait = crate::cdc::retry_wait(retries);
+                            tracing::warn!(error = %report.error, retry = retries,
+                                wait_secs = wait.as_secs_f64(), "the load failed; trying again");
+                            pipeline_status.load_retrying(Some(crate::status::Interruption {
+                                error: report.error,
+                                hint: report.hint,
+                                retry: retries,
+                                max_retries: crate::cdc::MAX_RETRIES,
+                                next_retry_in_seconds: wait.as_secs_f64(),
+                            }));
+                            tokio::select! {
+                                _ = tokio::time::sleep(wait) => {}
+                                _ = control.resumed() => {}
+                            }
+                            continue;
+                        }
                         tracing::error!(error = %report.error, hint = %report.hint, "migration stopped");
                         pipeline_status.fail(report);
-                        break;
+                        control.resumed().await;
+                        tracing::info!("running the load again");
+                        retries = 0;
+                        pipeline_status.load_retrying(None);
                     }
                 }
             }

@@ -69,23 +69,22 @@ async fn resume(
     if let Some(denied) = authorize(&s, &headers) {
         return denied;
     }
+    let stage = serde_json::to_value(s.status.stage()).unwrap_or_default();
     if s.control.resume(&s.status) {
         (
             StatusCode::ACCEPTED,
-            Json(json!({ "resumed": true, "stage": "cdc" })),
+            Json(json!({ "resumed": true, "from_stage": stage })),
         )
             .into_response()
     } else {
         error_response(
             StatusCode::CONFLICT,
             &format!(
-                "the change stream is not stopped (stage {})",
-                serde_json::to_value(s.status.stage())
-                    .ok()
-                    .and_then(|v| v.as_str().map(String::from))
-                    .unwrap_or_default()
+                "nothing waits to be resumed (stage {})",
+                stage.as_str().unwrap_or_default()
             ),
-            "resume is for a change stream stopped on an error; GET /status shows the stage",
+            "resume is for a change stream stopped on an error, a load that failed, or either \
+             one waiting to try again; GET /status shows the stage",
         )
     }
 }

@@ -106,6 +106,101 @@ async fn a_failed_load_is_reported_in_status_with_its_hint() {
             .unwrap()
             .contains("REPLICA IDENTITY FULL")
     );
+    // Not a passing failure: it is not retried on its own.
+    assert!(status.get("interrupted").is_none(), "{status}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(get(addr, "/status").await.1["stage"], "failed");
+
+    // Fixed on the source, and resumed without a restart.
+    pair.src()
+        .await
+        .batch_execute("ALTER TABLE keyless REPLICA IDENTITY FULL; INSERT INTO keyless VALUES (1)")
+        .await
+        .unwrap();
+    let (code, body) = http(addr, "POST", "/replication/resume", None).await;
+    assert_eq!(
+        (code, body["from_stage"].as_str()),
+        (202, Some("failed")),
+        "{body}"
+    );
+    wait_for(
+        Duration::from_secs(60),
+        "the load and the stream",
+        || async { get(addr, "/status").await.1["stage"] == "cdc" },
+    )
+    .await;
+    let (_, status) = get(addr, "/status").await;
+    assert!(status.get("error").is_none(), "{status}");
+    assert_eq!(
+        scalar(&pair.tgt().await, "SELECT count(*) FROM keyless").await,
+        1
+    );
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+/// A source out of reach when the daemon starts (or restarts) is a passing failure: the load
+/// is tried again with backoff, `/status` says why and when, `POST /replication/resume` tries
+/// at once, and once the source is back the migration goes on without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_out_of_reach_at_start_is_waited_for() {
+    let pair = Pair::start().await;
+    pair.src()
+        .await
+        .batch_execute(
+            "CREATE TABLE marker (id serial PRIMARY KEY);
+             CREATE TABLE a (id int PRIMARY KEY, v text);
+             INSERT INTO a SELECT g, 'v' || g FROM generate_series(1, 1000) g;",
+        )
+        .await
+        .unwrap();
+    // The test servers commit asynchronously: make the tables survive the crash.
+    pair.src().await.batch_execute("CHECKPOINT").await.unwrap();
+    pair.source.stop_immediate();
+    let (addr, stop_tx, server) = start_daemon(&pair, "").await;
+    wait_for(Duration::from_secs(60), "two attempts", || async {
+        let s = get(addr, "/status").await.1;
+        assert_ne!(s["stage"], "failed", "{s}");
+        s["interrupted"]["retry"].as_u64() >= Some(2)
+    })
+    .await;
+    let (_, status) = get(addr, "/status").await;
+    let why = &status["interrupted"];
+    assert!(
+        why["error"].as_str().unwrap().contains("cannot connect")
+            && why["max_retries"].as_u64() == Some(20)
+            && why["next_retry_in_seconds"].as_f64() >= Some(1.0),
+        "{status}"
+    );
+    assert!(!status.to_string().contains(pair.source.password().expose()));
+
+    let source = &pair.source;
+    std::thread::scope(|s| {
+        s.spawn(|| source.restart().expect("source back"));
+    });
+    let (code, body) = http(addr, "POST", "/replication/resume", None).await;
+    assert_eq!(code, 202, "{body}");
+    wait_for(
+        Duration::from_secs(60),
+        "the load and the stream",
+        || async {
+            let s = get(addr, "/status").await.1;
+            assert_ne!(s["stage"], "failed", "{s}");
+            s["stage"] == "cdc"
+        },
+    )
+    .await;
+    let (_, status) = get(addr, "/status").await;
+    assert!(status.get("interrupted").is_none(), "{status}");
+    let (src, tgt) = (pair.src().await, pair.tgt().await);
+    src.batch_execute("UPDATE a SET v = 'changed' WHERE id <= 10")
+        .await
+        .unwrap();
+    wait_caught_up(&src, &tgt, Duration::from_secs(60)).await;
+    assert_eq!(
+        scalar(&tgt, "SELECT count(*) FROM a WHERE v = 'changed'").await,
+        10
+    );
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();
 }

@@ -89,7 +89,13 @@ const BATCH_AGE: Duration = Duration::from_millis(250);
 /// (see "Batching" above); it adds at most this much to the lag.
 const BATCH_LINGER: Duration = Duration::from_millis(50);
 /// Reconnect attempts after a broken connection before giving up (about ten minutes).
-const MAX_RETRIES: u32 = 20;
+pub(crate) const MAX_RETRIES: u32 = 20;
+
+/// How long to wait before attempt `retry` (1, 2, …) after a passing failure: 1 s, doubling
+/// up to 32 s.
+pub(crate) fn retry_wait(retry: u32) -> Duration {
+    Duration::from_millis(500 * (1u64 << retry.clamp(1, 6)))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CdcError {
@@ -254,14 +260,20 @@ impl Control {
         handle
     }
 
-    /// Wake a stopped change stream; returns false when it was not waiting.
+    /// Go on now: a change stream stopped on an error, a load that failed, or either one
+    /// waiting to try again after a passing failure. Returns false when nothing waits.
     pub fn resume(&self, status: &StatusBoard) -> bool {
-        if status.stage() == crate::status::Stage::Stopped {
+        if status.waits_for_resume() {
             self.resume.notify_one();
             true
         } else {
             false
         }
+    }
+
+    /// Resolves at the operator's next [`Control::resume`].
+    pub(crate) async fn resumed(&self) {
+        self.resume.notified().await
     }
 }
 
@@ -343,7 +355,7 @@ pub async fn run(
         };
         if err.transient() && retries < MAX_RETRIES {
             retries += 1;
-            let wait = Duration::from_millis(500 * (1u64 << retries.min(6)));
+            let wait = retry_wait(retries);
             tracing::warn!(error = %report.error, retry = retries, wait_secs = wait.as_secs_f64(),
                 "change stream interrupted; reconnecting");
             status.cdc_interrupted(crate::status::Interruption {
@@ -355,13 +367,13 @@ pub async fn run(
             });
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = control.resume.notified() => {}
+                _ = control.resumed() => {}
             }
             continue;
         }
         tracing::error!(error = %report.error, hint = %report.hint, "change stream stopped");
         status.stop(report);
-        control.resume.notified().await;
+        control.resumed().await;
         tracing::info!("resuming the change stream");
         match err {
             CdcError::NewTables { .. } => return,
@@ -378,7 +390,7 @@ pub async fn run(
                     };
                     tracing::error!(error = %report.error, "cannot mark tables for copying again");
                     status.stop(report);
-                    control.resume.notified().await;
+                    control.resumed().await;
                     forgotten = forget_tables(cfg, &tables).await;
                 }
                 return;

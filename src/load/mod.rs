@@ -84,6 +84,26 @@ pub enum LoadError {
 }
 
 impl LoadError {
+    /// Worth running the load again on its own (it resumes where it stopped): a server that
+    /// could not be reached, or a connection that broke, beyond the retries of single
+    /// chunks. What someone must fix (a preflight problem, refused credentials, a lost slot,
+    /// a schema the target refuses) is not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            LoadError::Preflight(e) => e.transient,
+            LoadError::Slot(SlotError::Sql(e)) | LoadError::Sql(e) => e.is_transient(),
+            LoadError::Copy(e) => e.is_transient(),
+            LoadError::Conn(e) => e.is_transient(),
+            LoadError::Slot(_)
+            | LoadError::Schema(_)
+            | LoadError::SlotLost { .. }
+            | LoadError::SlotInvalidated { .. }
+            | LoadError::PublicationLost { .. }
+            | LoadError::WorkerPanicked(_)
+            | LoadError::StateDir { .. } => false,
+        }
+    }
+
     pub fn hint(&self) -> String {
         match self {
             LoadError::Preflight(e) => e
@@ -94,8 +114,8 @@ impl LoadError {
             LoadError::Slot(e) => e.hint(),
             LoadError::Schema(e) => e.hint(),
             LoadError::Copy(_) | LoadError::Sql(_) | LoadError::Conn(_) => {
-                "restart pgcutover once the cause is \
-                fixed: tables already copied are kept, the rest is copied again"
+                "POST /replication/resume (or restart pgcutover) once the cause is fixed: \
+                 tables already copied are kept, the rest is copied again"
                     .into()
             }
             LoadError::SlotInvalidated { .. } => {

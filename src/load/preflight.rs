@@ -37,6 +37,9 @@ fn problem(error: impl Into<String>, hint: impl Into<String>) -> Problem {
 #[derive(Debug, thiserror::Error)]
 pub struct PreflightError {
     pub problems: Vec<Problem>,
+    /// Every problem is a server that could not be reached, or a connection that broke:
+    /// checking again later may pass.
+    pub transient: bool,
 }
 
 impl fmt::Display for PreflightError {
@@ -53,6 +56,7 @@ impl fmt::Display for PreflightError {
 impl From<SqlError> for PreflightError {
     fn from(e: SqlError) -> Self {
         PreflightError {
+            transient: e.is_transient(),
             problems: vec![problem(e.to_string(), "check the server's log")],
         }
     }
@@ -93,16 +97,27 @@ pub async fn check(cfg: &Config) -> Result<Facts, PreflightError> {
         cfg.source.connect("pgcutover"),
         cfg.target.connect("pgcutover")
     );
-    let src = src.map_err(|e| problems.push(problem(format!("source: {e}"), e.hint())));
-    let tgt = tgt.map_err(|e| problems.push(problem(format!("target: {e}"), e.hint())));
+    let mut transient = true;
+    let mut failed = |side: &str, e: crate::pg::conn::ConnError| {
+        transient &= e.is_transient();
+        problems.push(problem(format!("{side}: {e}"), e.hint()));
+    };
+    let src = src.map_err(|e| failed("source", e));
+    let tgt = tgt.map_err(|e| failed("target", e));
     let (Ok(src), Ok(tgt)) = (src, tgt) else {
-        return Err(PreflightError { problems });
+        return Err(PreflightError {
+            problems,
+            transient,
+        });
     };
 
     let source_major = server_major(&src).await?;
     if let Some(p) = version_problem(source_major) {
         problems.push(p);
-        return Err(PreflightError { problems });
+        return Err(PreflightError {
+            problems,
+            transient: false,
+        });
     }
     let mut warnings = Vec::new();
     let target_major = server_major(&tgt).await?;
@@ -239,7 +254,10 @@ pub async fn check(cfg: &Config) -> Result<Facts, PreflightError> {
     };
 
     if !problems.is_empty() {
-        return Err(PreflightError { problems });
+        return Err(PreflightError {
+            problems,
+            transient: false,
+        });
     }
     let excluded = all
         .iter()

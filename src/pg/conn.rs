@@ -105,6 +105,19 @@ pub enum ConnError {
 }
 
 impl ConnError {
+    /// Whether connecting again later can succeed without anyone fixing anything: the server
+    /// did not answer, refused the connection, was starting or shutting down, or had no free
+    /// connection slot. Refused credentials, a database or role that does not exist, and TLS
+    /// failures are not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ConnError::Connect { source, .. } | ConnError::Setup { source, .. } => {
+                crate::pg::is_transient(source) && !source.to_string().contains("TLS")
+            }
+            ConnError::Tls { .. } => false,
+        }
+    }
+
     pub fn hint(&self) -> String {
         match self {
             ConnError::Connect { source, .. } => {

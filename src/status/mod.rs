@@ -95,6 +95,10 @@ pub struct StatusView {
     /// What the daemon waits on that only someone else can end (absent when nothing).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting: Option<Waiting>,
+    /// The load failed for a passing reason (a server out of reach) and is run again
+    /// (absent otherwise; the change stream's own retries are under `cdc`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<Interruption>,
 }
 
 /// A wait on the source that only others can end, with who holds it up.
@@ -223,6 +227,7 @@ struct Inner {
     error: Option<ErrorReport>,
     warnings: Vec<String>,
     waiting: Option<Waiting>,
+    interrupted: Option<Interruption>,
     slot: Option<SlotView>,
     cdc: Option<CdcView>,
     heartbeats: Heartbeats,
@@ -246,6 +251,7 @@ impl StatusBoard {
                 error: None,
                 warnings: Vec::new(),
                 waiting: None,
+                interrupted: None,
                 slot: None,
                 cdc: None,
                 heartbeats: Heartbeats::default(),
@@ -264,6 +270,15 @@ impl StatusBoard {
 
     pub fn stage(&self) -> Stage {
         self.lock().stage
+    }
+
+    /// Whether the pipeline waits for `POST /replication/resume`: stopped or failed on an
+    /// error, or waiting to try again after a passing failure.
+    pub fn waits_for_resume(&self) -> bool {
+        let g = self.lock();
+        matches!(g.stage, Stage::Stopped | Stage::Failed)
+            || g.interrupted.is_some()
+            || g.cdc.as_ref().is_some_and(|c| c.interrupted.is_some())
     }
 
     /// Prometheus text lines of the pipeline's figures.
@@ -402,6 +417,15 @@ impl StatusBoard {
         let mut g = self.lock();
         g.stage = Stage::Failed;
         g.error = Some(report);
+        g.interrupted = None;
+    }
+
+    /// The load failed for a passing reason and runs again (`Some`), or runs again on the
+    /// operator's word, or got through (`None`); either way no error stands.
+    pub fn load_retrying(&self, why: Option<Interruption>) {
+        let mut g = self.lock();
+        g.error = None;
+        g.interrupted = why;
     }
 
     /// The change stream stopped on an error the operator must fix (it waits for resume).
@@ -632,6 +656,7 @@ impl StatusBoard {
             error: g.error.clone(),
             warnings: g.warnings.clone(),
             waiting: g.waiting.clone(),
+            interrupted: g.interrupted.clone(),
         }
     }
 }

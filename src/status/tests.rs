@@ -105,3 +105,49 @@ fn waits_and_warnings_show_in_status_and_metrics() {
     assert!(v.get("waiting").is_none(), "{v}");
     assert!(board.metrics().contains("pgcutover_waiting_seconds 0\n"));
 }
+
+#[test]
+fn what_waits_for_resume_and_what_a_retried_load_shows() {
+    let board = StatusBoard::new("native", "m1");
+    let why = |retry| Interruption {
+        error: "cannot connect".into(),
+        hint: "check the server".into(),
+        retry,
+        max_retries: 20,
+        next_retry_in_seconds: 2.0,
+    };
+    board.set_stage(Stage::Preflight);
+    assert!(!board.waits_for_resume());
+    // A load failing for a passing reason: shown, and resumable at once.
+    board.load_retrying(Some(why(2)));
+    assert!(board.waits_for_resume());
+    let v = serde_json::to_value(board.view()).unwrap();
+    assert_eq!(v["interrupted"]["retry"], 2, "{v}");
+    assert_eq!(v["stage"], "preflight", "{v}");
+    // Any other failure: the error stands instead, and it waits for the operator.
+    board.fail(ErrorReport {
+        error: "e".into(),
+        hint: "h".into(),
+    });
+    let v = serde_json::to_value(board.view()).unwrap();
+    assert!(v.get("interrupted").is_none() && v["stage"] == "failed", "{v}");
+    assert!(board.waits_for_resume());
+    // Run again: no error stands.
+    board.load_retrying(None);
+    board.set_stage(Stage::Preflight);
+    let v = serde_json::to_value(board.view()).unwrap();
+    assert!(v.get("error").is_none() && v.get("interrupted").is_none(), "{v}");
+    assert!(!board.waits_for_resume());
+    // The change stream: running, retrying, stopped.
+    board.cdc_running(Lsn(1));
+    assert!(!board.waits_for_resume());
+    board.cdc_interrupted(why(1));
+    assert!(board.waits_for_resume());
+    board.cdc_running(Lsn(2));
+    assert!(!board.waits_for_resume());
+    board.stop(ErrorReport {
+        error: "e".into(),
+        hint: "h".into(),
+    });
+    assert!(board.waits_for_resume());
+}
