@@ -641,6 +641,84 @@ async fn a_table_renamed_on_the_source_is_named_with_its_old_name_and_converges(
     server.await.unwrap().unwrap();
 }
 
+/// A migrated table moved on the source to a name the patterns do not select: the stream
+/// stops naming both names and the two ways on, and a resume alone does not get past it.
+/// Excluded by the operator and restarted, its changes (those already streamed included)
+/// are skipped, it leaves the publication, and the other tables go on; its copy on the
+/// target stays as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_moved_out_of_the_selection_waits_for_the_operator_to_exclude_it() {
+    let pair = Pair::start().await;
+    let src = pair.src().await;
+    src.batch_execute(
+        "CREATE TABLE marker (id serial PRIMARY KEY);
+         CREATE TABLE items (id int PRIMARY KEY, name text);
+         CREATE TABLE keep (id int PRIMARY KEY);
+         INSERT INTO items SELECT g, 'i' || g FROM generate_series(1, 50) g;",
+    )
+    .await
+    .unwrap();
+    let tgt = pair.tgt().await;
+    let (addr, stop_tx, server) = start_daemon(&pair, "").await;
+    wait_caught_up(&src, &tgt, LIMIT).await;
+
+    run_each(
+        &src,
+        &[
+            "CREATE SCHEMA archive",
+            "ALTER TABLE items SET SCHEMA archive",
+            "UPDATE archive.items SET name = 'archived' WHERE id <= 10",
+            "INSERT INTO keep VALUES (1)",
+        ],
+    )
+    .await;
+    let (error, hint) = stopped_with(addr).await;
+    assert!(
+        error.contains("public.items") && error.contains("archive.items"),
+        "{error}"
+    );
+    assert!(
+        hint.contains("replication.exclude") && hint.contains("replication.tables"),
+        "{hint}"
+    );
+    // Nothing changed: a resume stops on the same.
+    resume(addr).await;
+    wait_for(LIMIT, "the same stop again", || async {
+        let s = get(addr, "/status").await.1;
+        s["stage"] == "stopped" && s["error"]["error"].as_str() == Some(error.as_str())
+    })
+    .await;
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+
+    let (addr, stop_tx, server) = start_daemon_with(pair.config("exclude = [\"archive.*\"]")).await;
+    src.batch_execute("UPDATE archive.items SET name = 'later' WHERE id > 40")
+        .await
+        .unwrap();
+    wait_caught_up(&src, &tgt, LIMIT).await;
+    assert_eq!(get(addr, "/status").await.1["stage"], "cdc");
+    assert_eq!(scalar(&tgt, "SELECT count(*) FROM keep").await, 1);
+    assert_eq!(
+        scalar(
+            &tgt,
+            "SELECT count(*) FROM items WHERE name IN ('archived', 'later')"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        scalar(
+            &src,
+            "SELECT count(*) FROM pg_publication_tables WHERE pubname = 'pgcutover_t'
+               AND schemaname = 'archive'"
+        )
+        .await,
+        0
+    );
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_connections_on_either_side_are_retried_and_lose_nothing() {
     let pair = Pair::start().await;

@@ -118,6 +118,20 @@ pub enum RelationError {
     },
     #[error("the source sent changes for table {table}, which is not part of this migration")]
     NotMigrated { table: String },
+    #[error(
+        "the source sent changes for table {to}, which replication.tables does not select: {}",
+        if was.is_empty() {
+            "a migrated table renamed or moved out of the patterns (DDL is not replicated), or \
+             a table added to the migration's publication by hand".to_string()
+        } else {
+            format!(
+                "a migrated table renamed or moved out of the patterns (DDL is not replicated); \
+                 migrated and no longer on the source under that name: {}",
+                was.join(", ")
+            )
+        }
+    )]
+    MovedOut { to: String, was: Vec<String> },
     #[error("table {table} is missing on the target")]
     MissingOnTarget { table: String },
     #[error("the stream sent a row for relation id {relid} before describing it")]
@@ -144,6 +158,15 @@ impl RelationError {
                  publication was changed by hand: restore it to the migration's tables, or \
                  clean up and start over"
                 .into(),
+            RelationError::MovedOut { to, .. } => format!(
+                "DDL is not replicated, and pgcutover cannot tell whether {to} should still be \
+                 migrated. To keep it: do the same on the target (ALTER TABLE … RENAME TO / SET \
+                 SCHEMA), add {to} to replication.tables and restart pgcutover: it is copied \
+                 again under its new name and the stream goes on. To leave it out: add {to} to \
+                 replication.exclude and restart: its changes are skipped, it is \
+                 taken out of the migration's publication, and its copy on the target stays as \
+                 it was"
+            ),
             RelationError::MissingOnTarget { table } => format!(
                 "create {table} on the target like the source, then POST /replication/resume"
             ),
@@ -191,16 +214,15 @@ impl RelationCache {
             .ok_or(RelationError::Unknown { relid })
     }
 
-    /// Remember a relation whose changes in the stream are all already in the copy of the
-    /// table it has become: the source renamed (or moved) it after these changes, and the
-    /// table was copied again under its new name at `skip_before`, after the rename. Its
-    /// changes are skipped without looking at the target, which no longer has the old name.
-    /// A change at or after `skip_before` under the old name cannot exist (the description
-    /// under the new name comes first); if one came, it would be refused as not matching.
+    /// Remember a relation whose changes before `skip_before` are skipped without looking at
+    /// the target, which no longer has its streamed name: the source renamed (or moved) it
+    /// to `now` after these changes, and either the table was copied again under its new
+    /// name at `skip_before`, after the rename (a change at or after it under the old name
+    /// cannot exist: the description under the new name comes first; if one came, it would
+    /// be refused as not matching), or `replication.exclude` leaves the new name out of the
+    /// migration (`skip_before` is then [`Lsn::MAX`]).
     pub fn renamed(&mut self, rel: &Relation, now: TableName, skip_before: Lsn) {
         self.generation += 1;
-        tracing::info!(table = %now.display_plain(), was = %format!("{}.{}", rel.namespace, rel.name),
-            "changes made before the table was renamed are in its new copy: skipped");
         let info = Arc::new(RelInfo {
             relid: rel.relid,
             table: now,

@@ -73,8 +73,9 @@ struct Session<'a> {
     /// Each table's copy snapshot: its changes committed before it are in the copy.
     snapshots: BTreeMap<TableName, Lsn>,
     heartbeat_prefix: String,
-    /// The source, asked what a relation it no longer has under its streamed name is now.
-    source: ConnInfo,
+    /// The source, asked what a relation it no longer has under its streamed name is now
+    /// (and then the patterns, whether that name is still migrated).
+    cfg: &'a Config,
     applied: Lsn,
     /// The open source transaction: its commit position, and whether it was applied earlier.
     txn: Option<(Lsn, bool)>,
@@ -105,7 +106,7 @@ struct Session<'a> {
 
 impl<'a> Session<'a> {
     async fn open(
-        cfg: &Config,
+        cfg: &'a Config,
         status: &'a StatusBoard,
         load: &LoadOutcome,
     ) -> Result<Session<'a>, CdcError> {
@@ -136,7 +137,7 @@ impl<'a> Session<'a> {
             cache: RelationCache::default(),
             snapshots,
             heartbeat_prefix: heartbeat::prefix(cfg),
-            source: cfg.source.clone(),
+            cfg,
             applied: start,
             txn: None,
             last_end: start,
@@ -320,7 +321,7 @@ impl<'a> Session<'a> {
                     &mut self.applier,
                     &mut self.cache,
                     &self.snapshots,
-                    &self.source,
+                    self.cfg,
                     msg,
                     self.txn,
                 )
@@ -397,7 +398,7 @@ impl<'a> Session<'a> {
         self.status.cdc_silent();
         let gap = silence::gap(self.receive_timeout);
         self.probe = Some(Box::pin(silence::probe(
-            self.source.clone(),
+            self.cfg.source.clone(),
             self.slot.clone(),
             gap,
         )));
@@ -479,6 +480,27 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// The migrated tables the source no longer has under their name (renamed, moved or
+/// dropped), as far as it can be asked.
+async fn gone_from_source(source: &ConnInfo, snapshots: &BTreeMap<TableName, Lsn>) -> Vec<String> {
+    let names: Vec<String> = snapshots.keys().map(|t| t.to_string()).collect();
+    let Ok(client) = source.connect("pgcutover-cdc").await else {
+        return Vec::new();
+    };
+    let rows = client
+        .query(
+            "SELECT t FROM unnest($1::text[]) t WHERE pg_catalog.to_regclass(t) IS NULL",
+            &[&names],
+        )
+        .await
+        .unwrap_or_default();
+    snapshots
+        .keys()
+        .filter(|t| rows.iter().any(|r| r.get::<_, String>(0) == t.to_string()))
+        .map(|t| t.display_plain())
+        .collect()
+}
+
 /// The source table's name now, by its oid (`None` when it is gone or the source cannot be
 /// asked: the caller then reports what it found).
 async fn name_now(source: &ConnInfo, relid: u32) -> Option<TableName> {
@@ -503,7 +525,7 @@ async fn apply_message(
     applier: &mut Applier,
     cache: &mut RelationCache,
     snapshots: &BTreeMap<TableName, Lsn>,
-    source: &ConnInfo,
+    cfg: &Config,
     msg: Message,
     txn: Option<(Lsn, bool)>,
 ) -> Result<(), CdcError> {
@@ -517,20 +539,43 @@ async fn apply_message(
                 Err(
                     e @ (RelationError::NotMigrated { .. } | RelationError::MissingOnTarget { .. }),
                 ) => {
-                    // Renamed on the source since, and copied again under its new name after
-                    // the rename: what it sends under the old name is in that copy.
-                    let now = name_now(source, rel.relid).await;
-                    match now.and_then(|t| snapshots.get_key_value(&t)) {
-                        Some((now, &copied))
-                            if (now.schema.as_str(), now.name.as_str())
-                                != (rel.namespace.as_str(), rel.name.as_str())
-                                && txn.is_some_and(|(commit, _)| commit < copied) =>
-                        {
-                            cache.renamed(&rel, now.clone(), copied);
+                    let streamed = TableName::new(rel.namespace.clone(), rel.name.clone());
+                    let current = name_now(&cfg.source, rel.relid)
+                        .await
+                        .unwrap_or_else(|| streamed.clone());
+                    if let Some(&copied) = snapshots.get(&current) {
+                        // Renamed on the source since, and copied again under its new name
+                        // after the rename: what it sends under the old name is in that copy.
+                        if current != streamed && txn.is_some_and(|(commit, _)| commit < copied) {
+                            tracing::info!(table = %current.display_plain(), was = %streamed.display_plain(),
+                                "changes made before the table was renamed are in its new copy: skipped");
+                            cache.renamed(&rel, current, copied);
                             return Ok(());
                         }
-                        _ => return Err(e.into()),
+                        return Err(e.into());
                     }
+                    if cfg.replication.excludes(&current) {
+                        // The operator left it out (of a name it was renamed to, or since).
+                        tracing::info!(table = %current.display_plain(),
+                            "replication.exclude leaves this table out: its changes are skipped");
+                        cache.renamed(&rel, current, Lsn::MAX);
+                        return Ok(());
+                    }
+                    if !cfg.replication.selects(&current) {
+                        // Renamed out of the patterns: the operator must say what it is.
+                        let was = if current != streamed {
+                            vec![streamed.display_plain()]
+                        } else {
+                            gone_from_source(&cfg.source, snapshots).await
+                        };
+                        return Err(RelationError::MovedOut {
+                            to: current.display_plain(),
+                            was,
+                        }
+                        .into());
+                    }
+                    // A new table for the migration: the check for new tables names it.
+                    return Err(e.into());
                 }
                 Err(e) => return Err(e.into()),
             };

@@ -123,6 +123,18 @@ pub struct Log {
     pub level: String,
 }
 
+impl Replication {
+    /// Whether the patterns select `table` (`tables`, less `exclude`).
+    pub fn selects(&self, table: &crate::pg::TableName) -> bool {
+        self.tables.iter().any(|p| p.matches(table)) && !self.excludes(table)
+    }
+
+    /// Whether `exclude` leaves `table` out.
+    pub fn excludes(&self, table: &crate::pg::TableName) -> bool {
+        self.exclude.iter().any(|p| p.matches(table))
+    }
+}
+
 /// The migration's name: it names the slot, the publication and the helper rows, so two
 /// migrations from one source never collide. Lower-case letters, digits and `_`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -534,6 +546,25 @@ mod tests {
         assert!(load(&text, &[("PGCUTOVER_API_TOKEN", "short")]).is_err());
         let c = load(&text, &[("PGCUTOVER_API_TOKEN", "0123456789abcdef0123")]).unwrap();
         assert!(!format!("{c:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn the_patterns_say_which_tables_are_migrated_and_which_are_left_out() {
+        let c = load(
+            &format!(
+                "{MINIMAL}\n[replication]\ntables = [\"public.*\", \"sales.orders\"]\n\
+                 exclude = [\"public.tmp_*\", \"archive.*\"]"
+            ),
+            &[],
+        )
+        .unwrap();
+        let r = &c.replication;
+        let t = |s: &str, n: &str| crate::pg::TableName::new(s, n);
+        assert!(r.selects(&t("public", "items")) && r.selects(&t("sales", "orders")));
+        assert!(!r.selects(&t("public", "tmp_x")) && r.excludes(&t("public", "tmp_x")));
+        // Moved out of the patterns: neither selected nor excluded (the operator decides).
+        assert!(!r.selects(&t("sales", "other")) && !r.excludes(&t("sales", "other")));
+        assert!(!r.selects(&t("archive", "items")) && r.excludes(&t("archive", "items")));
     }
 
     #[test]

@@ -243,19 +243,39 @@ async fn run_load(cfg: &Config, status: Arc<StatusBoard>) -> Result<LoadOutcome,
             }
             // Tables created on the source since (and matching the patterns) join the
             // publication now, before the snapshot they are copied at: every change after
-            // that snapshot is then streamed.
+            // that snapshot is then streamed. Tables the patterns no longer select (renamed
+            // out of them, or excluded since) leave it: nothing would apply their changes.
             let published = slot::publication_tables(src, &publication).await?;
-            let new: Vec<TableName> = facts
+            let selected: Vec<TableName> = facts
                 .selection
                 .roots
                 .iter()
                 .map(|t| t.name.clone())
+                .collect();
+            let plain = |list: &[TableName]| {
+                list.iter()
+                    .map(|t| t.display_plain())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let new: Vec<TableName> = selected
+                .iter()
                 .filter(|t| !published.contains(t))
+                .cloned()
                 .collect();
             if !new.is_empty() {
                 slot::add_to_publication(src, &publication, &new).await?;
-                tracing::info!(tables = %new.iter().map(|t| t.display_plain()).collect::<Vec<_>>().join(", "),
-                    "new tables added to the publication");
+                tracing::info!(tables = %plain(&new), "new tables added to the publication");
+            }
+            let left_out: Vec<TableName> = published
+                .into_iter()
+                .filter(|t| !selected.contains(t))
+                .collect();
+            if !left_out.is_empty() {
+                slot::drop_from_publication(src, &publication, &left_out).await?;
+                tracing::info!(tables = %plain(&left_out),
+                    "tables the patterns no longer select taken out of the publication \
+                     (their copies on the target are left as they are)");
             }
             tracing::info!(slot = %slot_name, lsn = %lsn, "resuming the migration");
             lsn

@@ -15,6 +15,8 @@ pub struct Lsn(pub u64);
 
 impl Lsn {
     pub const ZERO: Lsn = Lsn(0);
+    /// Past every position: what is skipped "before" it is skipped for good.
+    pub const MAX: Lsn = Lsn(u64::MAX);
 
     /// Bytes from `earlier` to `self`, zero when `earlier` is ahead.
     pub fn bytes_since(self, earlier: Lsn) -> u64 {

@@ -419,6 +419,23 @@ pub async fn add_to_publication(
         .ctx(|| format!("adding tables to publication {name}"))
 }
 
+/// Take tables out of a publication.
+pub async fn drop_from_publication(
+    client: &Client,
+    name: &str,
+    tables: &[TableName],
+) -> Result<(), SqlError> {
+    let list: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
+    client
+        .batch_execute(&format!(
+            "ALTER PUBLICATION {} DROP TABLE {}",
+            quote_ident(name),
+            list.join(", ")
+        ))
+        .await
+        .ctx(|| format!("taking tables out of publication {name}"))
+}
+
 pub async fn publication_exists(client: &Client, name: &str) -> Result<bool, SqlError> {
     Ok(client
         .query_one(

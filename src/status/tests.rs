@@ -130,13 +130,19 @@ fn what_waits_for_resume_and_what_a_retried_load_shows() {
         hint: "h".into(),
     });
     let v = serde_json::to_value(board.view()).unwrap();
-    assert!(v.get("interrupted").is_none() && v["stage"] == "failed", "{v}");
+    assert!(
+        v.get("interrupted").is_none() && v["stage"] == "failed",
+        "{v}"
+    );
     assert!(board.waits_for_resume());
     // Run again: no error stands.
     board.load_retrying(None);
     board.set_stage(Stage::Preflight);
     let v = serde_json::to_value(board.view()).unwrap();
-    assert!(v.get("error").is_none() && v.get("interrupted").is_none(), "{v}");
+    assert!(
+        v.get("error").is_none() && v.get("interrupted").is_none(),
+        "{v}"
+    );
     assert!(!board.waits_for_resume());
     // The change stream: running, retrying, stopped.
     board.cdc_running(Lsn(1));
