@@ -348,7 +348,7 @@ async fn http_text(addr: std::net::SocketAddr, path: &str) -> String {
 /// and 0, and every NaN, hash alike (they are equal); swapped columns differ.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_row_digest_is_null_safe_and_type_exact() {
-    use pgcutover::validate::digest::{DigestColumn, row_hash};
+    use pgcutover::validate::digest::{DigestColumn, TextBytes, row_hash};
     let pair = Pair::start().await;
     let c = pair.src().await;
     c.batch_execute(
@@ -377,25 +377,28 @@ async fn the_row_digest_is_null_safe_and_type_exact() {
         col("b", "int4"),
         col("arr", "_int4"),
     ];
-    let sql = format!(
-        "SELECT id, {} FROM d AS x ORDER BY id",
-        row_hash(&cols, "x.")
-    );
-    let h: std::collections::BTreeMap<i32, i64> = c
-        .query(&sql, &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    assert_ne!(h[&1], h[&2], "NULL vs ''");
-    assert_ne!(h[&1], h[&3], "NULL vs 'NULL'");
-    assert_ne!(h[&2], h[&3], "'' vs 'NULL'");
-    assert_ne!(h[&4], h[&5], "1.0 vs 1.00");
-    assert_eq!(h[&6], h[&7], "-0 and 0 are equal, and hash alike");
-    assert_eq!(h[&8], h[&9], "every NaN hashes alike");
-    assert_ne!(h[&6], h[&8]);
-    assert_ne!(h[&10], h[&11], "values swapped between columns");
-    assert_ne!(h[&12], h[&13], "{{}} vs {{NULL}}");
-    assert_ne!(h[&1], h[&12]);
+    // Both ways of hashing characters (the second when the servers' encodings differ).
+    for text in [TextBytes::Server, TextBytes::Utf8] {
+        let sql = format!(
+            "SELECT id, {} FROM d AS x ORDER BY id",
+            row_hash(&cols, "x.", text)
+        );
+        let h: std::collections::BTreeMap<i32, i64> = c
+            .query(&sql, &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        assert_ne!(h[&1], h[&2], "NULL vs ''");
+        assert_ne!(h[&1], h[&3], "NULL vs 'NULL'");
+        assert_ne!(h[&2], h[&3], "'' vs 'NULL'");
+        assert_ne!(h[&4], h[&5], "1.0 vs 1.00");
+        assert_eq!(h[&6], h[&7], "-0 and 0 are equal, and hash alike");
+        assert_eq!(h[&8], h[&9], "every NaN hashes alike");
+        assert_ne!(h[&6], h[&8]);
+        assert_ne!(h[&10], h[&11], "values swapped between columns");
+        assert_ne!(h[&12], h[&13], "{{}} vs {{NULL}}");
+        assert_ne!(h[&1], h[&12]);
+    }
 }

@@ -123,7 +123,10 @@ fn exact_pattern(t: &TableName) -> String {
     )
 }
 
-/// Dump the schema (all of it but the tables in `exclude` and pgcutover's own schema).
+/// Dump the schema (all of it but the tables in `exclude` and pgcutover's own schema), in
+/// UTF8 whatever the source database's encoding (a LATIN1 or SQL_ASCII database's names,
+/// comments and defaults then reach the target converted; pgcutover reads the scripts and
+/// listings pg_restore makes of it as UTF-8).
 pub async fn dump(
     tools: &SchemaTools,
     source: &ConnInfo,
@@ -140,6 +143,7 @@ pub async fn dump(
         "--no-publications",
         "--no-subscriptions",
         "--exclude-schema=pgcutover",
+        "--encoding=UTF8",
     ]);
     if let Some(s) = snapshot {
         cmd.arg(format!("--snapshot={s}"));
@@ -175,10 +179,11 @@ pub async fn apply_pre_data(
         step: "writing the pre-data script".into(),
         source,
     };
-    let mut text = tokio::fs::read_to_string(&script).await.map_err(io)?;
-    text.push_str("\n-- pgcutover: the schema and the record of it commit together\n");
-    text.push_str(marker_sql);
-    text.push('\n');
+    // Bytes, not text: the script is in the dump's encoding and passes through unchanged.
+    let mut text = tokio::fs::read(&script).await.map_err(io)?;
+    text.extend_from_slice(b"\n-- pgcutover: the schema and the record of it commit together\n");
+    text.extend_from_slice(marker_sql.as_bytes());
+    text.push(b'\n');
     tokio::fs::write(&script, text).await.map_err(io)?;
     let mut cmd = Command::new(&tools.psql);
     cmd.args([

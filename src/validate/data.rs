@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 
-use super::digest::{DigestColumn, row_hash};
+use super::digest::{DigestColumn, TextBytes, row_hash};
 use crate::pg::{SqlContext, SqlError, TableName, quote_ident};
 
 /// At most this many key ranges per table, to locate a difference.
@@ -44,6 +44,8 @@ pub struct TablePlan {
     /// two databases with different default collations cut them alike.
     pub key_collatable: bool,
     pub estimate: f64,
+    /// How characters are hashed (UTF-8 when the two servers' encodings differ).
+    pub text_bytes: TextBytes,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -114,6 +116,7 @@ impl TablePlan {
                 &self.source_columns
             },
             "t.",
+            self.text_bytes,
         )
     }
 
@@ -564,6 +567,7 @@ mod tests {
             key_type: "integer".into(),
             key_collatable: false,
             estimate: 0.0,
+            text_bytes: TextBytes::Server,
         }
     }
 

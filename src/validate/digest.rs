@@ -21,6 +21,13 @@
 //!   (PostgreSQL accumulates `sum(bigint)` in 128 bits, exactly), not an XOR: a duplicated
 //!   row changes the sum, where XOR would cancel it.
 //!
+//! - **Across encodings**: text is hashed as the server holds it, so a LATIN1 source and a
+//!   UTF8 target would hash `é` differently. When the two servers' encodings differ
+//!   ([`TextBytes::Utf8`]), every value hashed from its characters (text, char, json and
+//!   jsonb, and every type hashed from its text form) is hashed from its UTF-8 bytes instead
+//!   (`convert_to`, in base64 so that the hashed string is ASCII on both sides); the numeric
+//!   types keep their own hashes, which do not depend on the encoding.
+//!
 //! A changed row goes unnoticed only if its new hash equals the old one: 2⁻⁶⁴ per change.
 
 use crate::pg::quote_ident;
@@ -42,9 +49,29 @@ fn null_mark(position: usize) -> i64 {
     (z ^ (z >> 31)) as i64
 }
 
+/// Which bytes of a value's characters are hashed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TextBytes {
+    /// As the server holds them (both servers use the same encoding).
+    #[default]
+    Server,
+    /// Their UTF-8 encoding (the servers' encodings differ).
+    Utf8,
+}
+
 /// The hash of one column value, NULL when the value is NULL.
-fn column_hash(col: &DigestColumn, qualifier: &str, seed: i64) -> String {
+fn column_hash(col: &DigestColumn, qualifier: &str, seed: i64, text: TextBytes) -> String {
     let c = format!("{qualifier}{}", quote_ident(&col.name));
+    let numeric = matches!(
+        col.base_type.as_str(),
+        "int2" | "int4" | "int8" | "oid" | "bool" | "float4" | "float8" | "numeric" | "uuid"
+    );
+    if text == TextBytes::Utf8 && !numeric {
+        return format!(
+            "hashtextextended(encode(convert_to({c}::text, 'UTF8'), 'base64') COLLATE \"C\", \
+             {seed})"
+        );
+    }
     match col.base_type.as_str() {
         "int2" => format!("hashint2extended({c}, {seed})"),
         "int4" => format!("hashint4extended({c}, {seed})"),
@@ -67,7 +94,7 @@ fn column_hash(col: &DigestColumn, qualifier: &str, seed: i64) -> String {
 /// The SQL expression of one row's hash (a `bigint`, never NULL) over `columns`, which must
 /// be listed in the same order on both sides. `qualifier` is a table alias with its dot, or
 /// empty.
-pub fn row_hash(columns: &[DigestColumn], qualifier: &str) -> String {
+pub fn row_hash(columns: &[DigestColumn], qualifier: &str, text: TextBytes) -> String {
     if columns.is_empty() {
         // A table without columns: every row is the same row.
         return "0::int8".into();
@@ -78,7 +105,7 @@ pub fn row_hash(columns: &[DigestColumn], qualifier: &str) -> String {
         .map(|(i, col)| {
             format!(
                 "coalesce({}, {})",
-                column_hash(col, qualifier, i as i64 + 1),
+                column_hash(col, qualifier, i as i64 + 1, text),
                 null_mark(i)
             )
         })
@@ -99,7 +126,11 @@ mod tests {
 
     #[test]
     fn columns_get_distinct_seeds_and_null_marks() {
-        let e = row_hash(&[col("a", "int4"), col("b", "int4")], "t.");
+        let e = row_hash(
+            &[col("a", "int4"), col("b", "int4")],
+            "t.",
+            TextBytes::Server,
+        );
         assert!(e.contains("hashint4extended(t.\"a\", 1)"), "{e}");
         assert!(e.contains("hashint4extended(t.\"b\", 2)"), "{e}");
         assert_ne!(null_mark(0), null_mark(1));
@@ -109,7 +140,7 @@ mod tests {
 
     #[test]
     fn hostile_names_are_quoted_and_unknown_types_use_text() {
-        let e = row_hash(&[col("we\"ird; DROP", "interval")], "");
+        let e = row_hash(&[col("we\"ird; DROP", "interval")], "", TextBytes::Server);
         assert_eq!(
             e,
             format!(
@@ -121,12 +152,34 @@ mod tests {
 
     #[test]
     fn numeric_mixes_in_its_scale() {
-        let e = row_hash(&[col("n", "numeric")], "");
+        let e = row_hash(&[col("n", "numeric")], "", TextBytes::Server);
         assert!(e.contains("scale(\"n\")"), "{e}");
     }
 
     #[test]
     fn no_columns_is_a_constant() {
-        assert_eq!(row_hash(&[], "t."), "0::int8");
+        assert_eq!(row_hash(&[], "t.", TextBytes::Utf8), "0::int8");
+    }
+
+    #[test]
+    fn across_encodings_characters_are_hashed_as_utf8_and_numbers_as_themselves() {
+        let cols = [
+            col("n", "int4"),
+            col("t", "text"),
+            col("j", "jsonb"),
+            col("d", "date"),
+        ];
+        let e = row_hash(&cols, "", TextBytes::Utf8);
+        assert!(e.contains("hashint4extended(\"n\", 1)"), "{e}");
+        for (name, seed) in [("t", 2), ("j", 3), ("d", 4)] {
+            assert!(
+                e.contains(&format!(
+                    "hashtextextended(encode(convert_to(\"{name}\"::text, 'UTF8'), 'base64') \
+                     COLLATE \"C\", {seed})"
+                )),
+                "{e}"
+            );
+        }
+        assert!(!row_hash(&cols, "", TextBytes::Server).contains("convert_to"));
     }
 }

@@ -328,6 +328,7 @@ pub async fn run(
 
     let (s_info, t_info) =
         tokio::try_join!(catalog::tables(&src, &names), catalog::tables(&tgt, &names))?;
+    let text_bytes = text_bytes(&src, &tgt).await?;
     let mut plans = vec![];
     let mut tables: Vec<TableReport> = vec![];
     for name in &names {
@@ -353,6 +354,7 @@ pub async fn run(
             key_type: String::new(),
             key_collatable: false,
             estimate: s.estimate,
+            text_bytes,
         };
         let mut not_compared = vec![];
         for c in &s.columns {
@@ -461,6 +463,25 @@ pub async fn run(
 
 /// The configured selection's row-holding tables, narrowed by `opts.tables` (a pattern
 /// matches a table or its partition root).
+/// How the digest hashes characters: as the servers hold them when their encodings agree,
+/// as UTF-8 otherwise (see [`digest`]).
+async fn text_bytes(src: &Client, tgt: &Client) -> Result<digest::TextBytes, ValidateError> {
+    let encoding = async |c: &Client| -> Result<String, SqlError> {
+        use crate::pg::SqlContext;
+        let row = c
+            .query_one("SELECT pg_catalog.current_setting('server_encoding')", &[])
+            .await
+            .ctx(|| "reading the server's encoding".into())?;
+        Ok(row.get(0))
+    };
+    let (s, t) = tokio::try_join!(encoding(src), encoding(tgt))?;
+    Ok(if s == t {
+        digest::TextBytes::Server
+    } else {
+        digest::TextBytes::Utf8
+    })
+}
+
 async fn selected_units(
     cfg: &Config,
     opts: &Options,
