@@ -614,3 +614,43 @@ async fn a_transaction_left_open_on_the_source_is_named_while_the_slot_waits_for
         102
     );
 }
+
+/// A SQL_ASCII source (bytes stored unchecked) into a UTF8 target: the preflight warns, and
+/// a value that is not valid UTF-8 stops the load with an error naming its table, not
+/// stored garbled; the rows of valid tables are copied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sql_ascii_source_is_pointed_out_and_invalid_bytes_are_named() {
+    let pair = Pair::start().await;
+    let admin = pair.source.conn("postgres").connect("test").await.unwrap();
+    admin
+        .batch_execute(
+            "CREATE DATABASE raw ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' \
+             TEMPLATE template0",
+        )
+        .await
+        .unwrap();
+    let tadmin = pair.target.conn("postgres").connect("test").await.unwrap();
+    tadmin.batch_execute("CREATE DATABASE raw").await.unwrap();
+    let src = pair.source.conn("raw").connect("test").await.unwrap();
+    src.batch_execute(
+        "CREATE TABLE fine (id int PRIMARY KEY, v text);
+         INSERT INTO fine VALUES (1, 'plain ascii');
+         CREATE TABLE latin (id int PRIMARY KEY, v text);
+         INSERT INTO latin VALUES (1, E'caf\\351');",
+    )
+    .await
+    .unwrap();
+    let mut cfg = pair.config("parallel_workers = 1");
+    cfg.source.dbname = "raw".into();
+    cfg.target.dbname = "raw".into();
+    let status = StatusBoard::new("native", "t");
+    let err = load::run(&cfg, status.clone())
+        .await
+        .expect_err("invalid UTF-8 must stop the load");
+    let text = err.to_string();
+    assert!(text.contains("latin") && text.contains("UTF8"), "{text}");
+    let warnings = status.view().warnings.join("\n");
+    assert!(warnings.contains("SQL_ASCII"), "{warnings}");
+    let tgt = pair.target.conn("raw").connect("test").await.unwrap();
+    assert_eq!(scalar(&tgt, "SELECT count(*) FROM latin").await, 0);
+}

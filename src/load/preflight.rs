@@ -131,6 +131,8 @@ pub async fn check(cfg: &Config) -> Result<Facts, PreflightError> {
              applied"
         ));
     }
+    let (source_encoding, target_encoding) = (encoding(&src).await?, encoding(&tgt).await?);
+    warnings.extend(encoding_warning(&source_encoding, &target_encoding));
     let block_size = check_source_server(&src, &mut problems, &mut warnings).await?;
     let resume = progress::read_migration(&tgt, cfg.replication.migration_id.as_str()).await?;
     let resuming = resume.as_ref().is_some_and(|m| m.slot_lsn.is_some());
@@ -322,6 +324,41 @@ fn target_version_problem(
             ),
             "use a target of the source's major version or newer (the usual way), or create \
              the schema on the target yourself and set copy_schema = false",
+        )
+    })
+}
+
+async fn encoding(c: &Client) -> Result<String, SqlError> {
+    let row = c
+        .query_one("SELECT pg_catalog.current_setting('server_encoding')", &[])
+        .await
+        .ctx(|| "reading the server's encoding".into())?;
+    Ok(row.get(0))
+}
+
+/// What a difference of database encodings can do to the data on its way (every session
+/// speaks UTF8, so the servers convert). From a single-byte or other encoding to UTF8 every
+/// character converts; the other way, or from SQL_ASCII (which stores bytes unchecked),
+/// some may not, and the row that holds one is refused by the target, stopping the load or
+/// the stream there.
+fn encoding_warning(source: &str, target: &str) -> Option<String> {
+    if source == target || (target == "UTF8" && source != "SQL_ASCII") {
+        return None;
+    }
+    Some(if source == "SQL_ASCII" {
+        format!(
+            "the source database's encoding is SQL_ASCII, which stores bytes without checking \
+             them, and the target's is {target}: a value with bytes that are not valid \
+             {target} is refused by the target and stops the load or the stream at its row \
+             (the error names the table); clean such values on the source first, or create the \
+             target database with the encoding the data really is in"
+        )
+    } else {
+        format!(
+            "the source database's encoding is {source} and the target's {target}, which \
+             cannot hold every character {source} can: a value with such a character is \
+             refused by the target and stops the load or the stream at its row (the error \
+             names the table); create the target database in UTF8 (or {source})"
         )
     })
 }
@@ -556,6 +593,26 @@ pub fn column_differences(source: &[Column], target: &[Column]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encodings_that_may_lose_characters_are_pointed_out() {
+        for (s, t) in [
+            ("UTF8", "UTF8"),
+            ("LATIN1", "UTF8"),
+            ("WIN1252", "UTF8"),
+            ("LATIN1", "LATIN1"),
+        ] {
+            assert_eq!(encoding_warning(s, t), None, "{s} -> {t}");
+        }
+        let w = encoding_warning("SQL_ASCII", "UTF8").unwrap();
+        assert!(
+            w.contains("SQL_ASCII") && w.contains("not valid UTF8"),
+            "{w}"
+        );
+        let w = encoding_warning("UTF8", "LATIN1").unwrap();
+        assert!(w.contains("cannot hold every character UTF8 can"), "{w}");
+        assert!(encoding_warning("LATIN1", "SQL_ASCII").is_some());
+    }
 
     fn col(name: &str, ty: &str) -> Column {
         Column {
