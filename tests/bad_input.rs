@@ -141,6 +141,29 @@ async fn bad_inputs_are_refused_before_any_change() {
     .await;
 }
 
+/// A standby on either side (a replica, or Aurora's reader endpoint given by mistake) is
+/// refused before anything, both named at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standbys_are_refused_on_either_side() {
+    let pair = Pair::start().await;
+    pair.src()
+        .await
+        .batch_execute("CREATE TABLE ok (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    // The test servers commit asynchronously: make the table survive the restart.
+    pair.src().await.batch_execute("CHECKPOINT").await.unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| pair.source.restart_as_standby().expect("source standby"));
+        s.spawn(|| pair.target.restart_as_standby().expect("target standby"));
+    });
+    let text = refused(&pair, pair.config(""), "the source is a standby").await;
+    assert!(
+        text.contains("the target is a standby") && text.contains("writer endpoint"),
+        "{text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wal_level_and_slot_limits_are_checked() {
     let opts = ClusterOptions {

@@ -119,6 +119,33 @@ pub async fn check(cfg: &Config) -> Result<Facts, PreflightError> {
             transient: false,
         });
     }
+    for (side, client, hint) in [
+        (
+            "source",
+            &src,
+            "point source.url at the primary (on RDS/Aurora, the writer endpoint): the \
+             publication is created there and the slot must live there",
+        ),
+        (
+            "target",
+            &tgt,
+            "point target.url at the primary (on Aurora, the cluster's writer endpoint, not \
+             the reader endpoint)",
+        ),
+    ] {
+        if in_recovery(client).await? {
+            problems.push(problem(
+                format!("the {side} is a standby (in recovery, read-only)"),
+                hint,
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(PreflightError {
+            problems,
+            transient: false,
+        });
+    }
     let mut warnings = Vec::new();
     let target_major = server_major(&tgt).await?;
     if let Some(p) = target_version_problem(source_major, target_major, cfg.replication.copy_schema)
@@ -326,6 +353,14 @@ fn target_version_problem(
              the schema on the target yourself and set copy_schema = false",
         )
     })
+}
+
+async fn in_recovery(c: &Client) -> Result<bool, SqlError> {
+    let row = c
+        .query_one("SELECT pg_catalog.pg_is_in_recovery()", &[])
+        .await
+        .ctx(|| "asking whether the server is a standby".into())?;
+    Ok(row.get(0))
 }
 
 async fn encoding(c: &Client) -> Result<String, SqlError> {

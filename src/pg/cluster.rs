@@ -366,6 +366,18 @@ impl TempCluster {
 }
 
 impl TempCluster {
+    /// Restart the server as a standby with nothing to follow: it stays in recovery and
+    /// serves read-only sessions (what a replica, or Aurora's reader endpoint, looks like).
+    pub fn restart_as_standby(&self) -> Result<(), ClusterError> {
+        self.stop_immediate();
+        let signal = self.dir.path().join("data").join("standby.signal");
+        std::fs::write(&signal, "")?;
+        if let Some((uid, gid)) = self.run_as {
+            std::os::unix::fs::chown(&signal, Some(uid), Some(gid))?;
+        }
+        self.restart()
+    }
+
     /// Start the server again on its port, after [`TempCluster::stop_immediate`] (it recovers
     /// from its WAL as after a crash).
     pub fn restart(&self) -> Result<(), ClusterError> {
