@@ -2462,7 +2462,7 @@ async fn cdc_view(addr: std::net::SocketAddr) -> (serde_json::Value, u64) {
 /// would stay held), then with the source ending it itself. Before that, a stream that is
 /// silent only because its walsender reads a long stretch of WAL with nothing to send (a big
 /// transaction on a table outside the migration, written while the daemon was stopped) is
-/// asked about and left alone.
+/// asked about and left alone, also while the source refuses the probe's connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_connections_that_go_silent_without_closing_are_replaced_and_lose_nothing() {
     let pair = Pair::start_with(pgcutover::pg::cluster::ClusterOptions {
@@ -2502,6 +2502,22 @@ async fn source_connections_that_go_silent_without_closing_are_replaced_and_lose
     .await
     .unwrap();
     let (addr, stop_tx, server) = start_daemon_with(cfg).await;
+    // While the walsender reads, the source also refuses new connections to the database
+    // for a while: the probes cannot ask, and leave the stream alone.
+    wait_for(LIMIT, "the stream to start", || async {
+        get(addr, "/status").await.1["stage"] == "cdc"
+    })
+    .await;
+    let admin = pair.source.conn("postgres").connect("test").await.unwrap();
+    admin
+        .batch_execute("ALTER DATABASE app ALLOW_CONNECTIONS false")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    admin
+        .batch_execute("ALTER DATABASE app ALLOW_CONNECTIONS true")
+        .await
+        .unwrap();
     wait_caught_up(&src, &tgt, LIMIT).await;
     let (view, reconnects) = cdc_view(addr).await;
     assert!(view["silences"].as_u64() >= Some(1), "{view}");

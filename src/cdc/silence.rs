@@ -18,8 +18,9 @@
 //! (the source ended its side, after `wal_sender_timeout`), when another session holds it,
 //! when the stamp did not move (the source hears nothing from this stream: its walsender is
 //! ended, so that the reconnect can take the slot at once, even with `wal_sender_timeout`
-//! off), or when the source does not answer a new connection either. Anything else, a
-//! stamp the role may not see included, is *alive*, and the stream is left alone: a probe
+//! off), or when the source cannot be reached on a new connection either. Anything else, a
+//! stamp the role may not see and a source that answers but refuses the probe's connection
+//! (out of connection slots) included, is *alive*, and the stream is left alone: a probe
 //! never ends a stream that the source still hears, so a walsender busy for an hour is never
 //! restarted (it would start reading again from the slot's restart point). An event from
 //! the stream cancels a probe under way; the session goes on applying meanwhile.
@@ -96,6 +97,13 @@ pub async fn probe(source: ConnInfo, slot: String, gap: Duration) -> Verdict {
     };
     let client = match tokio::time::timeout(READ_LIMIT, source.connect("pgcutover-probe")).await {
         Ok(Ok(c)) => c,
+        // The source answered (too many connections, say): the way to it works, and nothing
+        // says the stream does not.
+        Ok(Err(e)) if e.server_answered() => {
+            tracing::warn!(error = %e, "the change stream received nothing, and the source \
+                refused a connection to ask about it; leaving the stream as it is");
+            return Verdict::Alive;
+        }
         Ok(Err(e)) => return unreachable(e.to_string()),
         Err(_) => return unreachable("no answer within 10 s".into()),
     };

@@ -118,6 +118,17 @@ impl ConnError {
         }
     }
 
+    /// The server answered, with an error (too many connections, a refused password, a
+    /// server starting up): the network path to it works.
+    pub fn server_answered(&self) -> bool {
+        match self {
+            ConnError::Connect { source, .. } | ConnError::Setup { source, .. } => {
+                source.as_db_error().is_some()
+            }
+            ConnError::Tls { .. } => true,
+        }
+    }
+
     pub fn hint(&self) -> String {
         match self {
             ConnError::Connect { source, .. } => {
