@@ -2693,3 +2693,78 @@ async fn a_latin1_source_arrives_in_utf8() {
     let table = serde_json::to_string(&report.tables).unwrap();
     assert!(table.contains("naïve"), "{table}");
 }
+
+/// A source whose `lc_monetary` is German prints `money` as `1.234,56 €`; the stream carries
+/// such values as text, and a target in the C locale must still read them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn money_in_another_locale_is_applied_as_the_same_amount() {
+    // A locale of the test's own, compiled into a folder the server is pointed at.
+    let locales = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("localedef")
+        .args(["--no-archive", "-i", "de_DE", "-f", "UTF-8"])
+        .arg(locales.path().join("de_DE.UTF-8"))
+        .output()
+        .expect("localedef (the locales package) is needed");
+    assert!(
+        locales
+            .path()
+            .join("de_DE.UTF-8")
+            .join("LC_MONETARY")
+            .exists(),
+        "localedef: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(locales.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let pair = Pair::start_with(pgcutover::pg::cluster::ClusterOptions {
+        settings: vec![("lc_monetary".into(), "'de_DE.UTF-8'".into())],
+        env: vec![("LOCPATH".into(), locales.path().display().to_string())],
+        ..Default::default()
+    })
+    .await;
+    let src = pair.src().await;
+    // (pgcutover's sessions, this one too, pin lc_monetary to C: back to the server's.)
+    src.batch_execute("RESET lc_monetary").await.unwrap();
+    let shown: String = src
+        .query_one("SELECT 1234.56::money::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        shown.contains('€'),
+        "the source is not in the German locale: {shown}"
+    );
+    src.batch_execute(
+        "CREATE TABLE marker (id serial PRIMARY KEY);
+         CREATE TABLE prices (id int PRIMARY KEY, amount money);
+         INSERT INTO prices VALUES (1, 1234.56), (2, -0.5);",
+    )
+    .await
+    .unwrap();
+    let (addr, stop_tx, server) = start_daemon(&pair, "").await;
+    wait_for(LIMIT, "the change stream to run", || async {
+        get(addr, "/status").await.1["stage"] == "cdc"
+    })
+    .await;
+    run_each(
+        &src,
+        &[
+            "INSERT INTO prices VALUES (3, 9876543.21), (4, NULL)",
+            "UPDATE prices SET amount = amount * 2 WHERE id IN (1, 2)",
+        ],
+    )
+    .await;
+    let tgt = pair.tgt().await;
+    wait_caught_up(&src, &tgt, LIMIT).await;
+    let sql = "SELECT string_agg(id || '=' || coalesce(amount::numeric::text, 'null'), ' ' \
+               ORDER BY id) FROM prices";
+    let (a, b): (String, String) = (
+        src.query_one(sql, &[]).await.unwrap().get(0),
+        tgt.query_one(sql, &[]).await.unwrap().get(0),
+    );
+    assert_eq!(a, "1=2469.12 2=-1.00 3=9876543.21 4=null");
+    assert_eq!(b, a);
+    assert_eq!(get(addr, "/status").await.1["stage"], "cdc");
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

@@ -52,6 +52,8 @@ pub struct ClusterOptions {
     /// Serve TLS only on TCP (a throwaway CA signs the server certificate, see
     /// [`TempCluster::ca_cert`]); plain TCP connections are rejected.
     pub tls: bool,
+    /// Environment of the server's processes (e.g. `LOCPATH` for locales of a test's own).
+    pub env: Vec<(String, String)>,
 }
 
 pub struct TempCluster {
@@ -61,6 +63,7 @@ pub struct TempCluster {
     password: Secret,
     run_as: Option<(u32, u32)>,
     tls: bool,
+    env: Vec<(String, String)>,
 }
 
 impl TempCluster {
@@ -91,6 +94,7 @@ impl TempCluster {
             password,
             run_as,
             tls: options.tls,
+            env: options.env.clone(),
         };
         cluster.run(
             "initdb",
@@ -188,6 +192,7 @@ impl TempCluster {
     fn command(&self, tool: &str) -> Command {
         let mut cmd = Command::new(self.bindir.join(tool));
         cmd.current_dir(self.dir.path());
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some((uid, gid)) = self.run_as {
             cmd.uid(uid).gid(gid);
         }

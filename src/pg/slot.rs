@@ -84,7 +84,7 @@ pub(crate) fn replication_config(conn: &ConnInfo, slot: &str) -> ReplicationConf
 pub(crate) const REPLICATION_OPTIONS: &str = "-c idle_in_transaction_session_timeout=0 \
      -c idle_session_timeout=0 \
      -c datestyle=ISO,YMD -c intervalstyle=postgres -c extra_float_digits=3 \
-     -c bytea_output=hex -c timezone=UTC";
+     -c bytea_output=hex -c timezone=UTC -c lc_monetary=C";
 
 /// Create a logical slot (pgoutput) and export its snapshot. A `temporary` slot is dropped by
 /// the server when the session ends.
