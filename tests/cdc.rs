@@ -2694,10 +2694,12 @@ async fn a_latin1_source_arrives_in_utf8() {
     assert!(table.contains("naïve"), "{table}");
 }
 
-/// A source whose `lc_monetary` is German prints `money` as `1.234,56 €`; the stream carries
-/// such values as text, and a target in the C locale must still read them.
+/// Server settings that change how values are read and written as text, which the stream
+/// carries: a source whose `lc_monetary` is German prints `money` as `1.234,56 €`, which a
+/// target in the C locale must still read; a target whose `xmloption` is `document` must
+/// still take an XML fragment the source holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn money_in_another_locale_is_applied_as_the_same_amount() {
+async fn money_in_another_locale_and_xml_fragments_are_applied_as_they_are() {
     // A locale of the test's own, compiled into a folder the server is pointed at.
     let locales = tempfile::tempdir().unwrap();
     let out = std::process::Command::new("localedef")
@@ -2716,11 +2718,17 @@ async fn money_in_another_locale_is_applied_as_the_same_amount() {
     );
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(locales.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let pair = Pair::start_with(pgcutover::pg::cluster::ClusterOptions {
-        settings: vec![("lc_monetary".into(), "'de_DE.UTF-8'".into())],
-        env: vec![("LOCPATH".into(), locales.path().display().to_string())],
-        ..Default::default()
-    })
+    let pair = Pair::start_both(
+        pgcutover::pg::cluster::ClusterOptions {
+            settings: vec![("lc_monetary".into(), "'de_DE.UTF-8'".into())],
+            env: vec![("LOCPATH".into(), locales.path().display().to_string())],
+            ..Default::default()
+        },
+        pgcutover::pg::cluster::ClusterOptions {
+            settings: vec![("xmloption".into(), "document".into())],
+            ..Default::default()
+        },
+    )
     .await;
     let src = pair.src().await;
     // (pgcutover's sessions, this one too, pin lc_monetary to C: back to the server's.)
@@ -2736,8 +2744,8 @@ async fn money_in_another_locale_is_applied_as_the_same_amount() {
     );
     src.batch_execute(
         "CREATE TABLE marker (id serial PRIMARY KEY);
-         CREATE TABLE prices (id int PRIMARY KEY, amount money);
-         INSERT INTO prices VALUES (1, 1234.56), (2, -0.5);",
+         CREATE TABLE prices (id int PRIMARY KEY, amount money, doc xml);
+         INSERT INTO prices VALUES (1, 1234.56, '<a/>'), (2, -0.5, NULL);",
     )
     .await
     .unwrap();
@@ -2749,20 +2757,29 @@ async fn money_in_another_locale_is_applied_as_the_same_amount() {
     run_each(
         &src,
         &[
-            "INSERT INTO prices VALUES (3, 9876543.21), (4, NULL)",
-            "UPDATE prices SET amount = amount * 2 WHERE id IN (1, 2)",
+            "INSERT INTO prices VALUES (3, 9876543.21, 'text<b>and</b><c/>'), (4, NULL, NULL)",
+            "UPDATE prices SET amount = amount * 2, doc = '<x/><y/>' WHERE id IN (1, 2)",
         ],
     )
     .await;
+    wait_for(LIMIT, "the four changes applied", || async {
+        let s = get(addr, "/status").await.1;
+        assert_ne!(s["stage"], "stopped", "{s}");
+        s["cdc"]["changes_applied"].as_u64() >= Some(4)
+    })
+    .await;
     let tgt = pair.tgt().await;
     wait_caught_up(&src, &tgt, LIMIT).await;
-    let sql = "SELECT string_agg(id || '=' || coalesce(amount::numeric::text, 'null'), ' ' \
-               ORDER BY id) FROM prices";
+    let sql = "SELECT string_agg(id || '=' || coalesce(amount::numeric::text, 'null') || ':' \
+               || coalesce(doc::text, 'null'), ' ' ORDER BY id) FROM prices";
     let (a, b): (String, String) = (
         src.query_one(sql, &[]).await.unwrap().get(0),
         tgt.query_one(sql, &[]).await.unwrap().get(0),
     );
-    assert_eq!(a, "1=2469.12 2=-1.00 3=9876543.21 4=null");
+    assert_eq!(
+        a,
+        "1=2469.12:<x/><y/> 2=-1.00:<x/><y/> 3=9876543.21:text<b>and</b><c/> 4=null:null"
+    );
     assert_eq!(b, a);
     assert_eq!(get(addr, "/status").await.1["stage"], "cdc");
     stop_tx.send(()).unwrap();
