@@ -2785,3 +2785,131 @@ async fn money_in_another_locale_and_xml_fragments_are_applied_as_they_are() {
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// Row-level security that applies to pgcutover's roles (a table with FORCE ROW LEVEL
+/// SECURITY and a policy on a tenant setting that pgcutover never sets) would copy none of
+/// its rows and make the apply miss the rows it changes, without a word. The preflight
+/// refuses it on both sides, naming the table; with the source's role exempt and the force
+/// lifted there, the table is copied whole. Forced on the target afterwards, the apply stops
+/// with the reason instead of missing rows, and goes on once the target's role is exempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_level_security_never_hides_rows_from_the_migration() {
+    let pair = Pair::start().await;
+    let (src_admin, tgt_admin) = (pair.src().await, pair.tgt().await);
+    let version: i32 = tgt_admin
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+        .unwrap()
+        .get(0);
+    if version < 150000 {
+        eprintln!("GRANT SET ON PARAMETER needs PostgreSQL 15: skipped");
+        return;
+    }
+    src_admin
+        .batch_execute(
+            "CREATE ROLE mover LOGIN REPLICATION PASSWORD 'mover-password-1';
+             GRANT CREATE ON DATABASE app TO mover; ALTER SCHEMA public OWNER TO mover;",
+        )
+        .await
+        .unwrap();
+    tgt_admin
+        .batch_execute(
+            "CREATE ROLE lander LOGIN PASSWORD 'lander-password-1';
+             ALTER DATABASE app OWNER TO lander;
+             GRANT SET ON PARAMETER session_replication_role TO lander;",
+        )
+        .await
+        .unwrap();
+    let mut cfg = pair.config("");
+    cfg.source = pair.source.conn_as("app", "mover", "mover-password-1");
+    cfg.target = pair.target.conn_as("app", "lander", "lander-password-1");
+    let mover = cfg.source.connect("test").await.unwrap();
+    mover
+        .batch_execute(
+            "CREATE TABLE marker (id serial PRIMARY KEY);
+             CREATE TABLE tenant_rows (id int PRIMARY KEY, tenant text, v text);
+             ALTER TABLE tenant_rows ENABLE ROW LEVEL SECURITY;
+             ALTER TABLE tenant_rows FORCE ROW LEVEL SECURITY;
+             CREATE POLICY by_tenant ON tenant_rows
+                 USING (tenant = current_setting('app.tenant', true));",
+        )
+        .await
+        .unwrap();
+    src_admin
+        .batch_execute(
+            "INSERT INTO tenant_rows
+             SELECT g, CASE WHEN g % 2 = 0 THEN 'a' ELSE 'b' END, 'v' || g
+               FROM generate_series(1, 100) g",
+        )
+        .await
+        .unwrap();
+
+    let err = pgcutover::load::run(&cfg, pgcutover::status::StatusBoard::new("native", "t"))
+        .await
+        .expect_err("refused");
+    let text = format!("{err}");
+    assert!(
+        text.contains("applies to the source role")
+            && text.contains("FORCE ROW LEVEL SECURITY on the source")
+            && text.contains("public.tenant_rows")
+            && text.contains("BYPASSRLS"),
+        "{text}"
+    );
+    assert_eq!(slot_count(&src_admin).await, 0);
+
+    src_admin
+        .batch_execute("ALTER ROLE mover BYPASSRLS")
+        .await
+        .unwrap();
+    mover
+        .batch_execute("ALTER TABLE tenant_rows NO FORCE ROW LEVEL SECURITY")
+        .await
+        .unwrap();
+    let (addr, stop_tx, server) = start_daemon_with(cfg.clone()).await;
+    wait_for(LIMIT, "the change stream to run", || async {
+        let s = get(addr, "/status").await.1;
+        assert_ne!(s["stage"], "failed", "{s}");
+        s["stage"] == "cdc"
+    })
+    .await;
+    assert_eq!(
+        scalar(&tgt_admin, "SELECT count(*) FROM tenant_rows").await,
+        100
+    );
+
+    // Forced on the target now: the apply, as the copies' owner, would be filtered.
+    let lander = cfg.target.connect("test").await.unwrap();
+    lander
+        .batch_execute("ALTER TABLE tenant_rows FORCE ROW LEVEL SECURITY")
+        .await
+        .unwrap();
+    src_admin
+        .batch_execute("UPDATE tenant_rows SET v = 'changed' WHERE tenant = 'b'")
+        .await
+        .unwrap();
+    let (error, _) = stopped_with(addr).await;
+    assert!(
+        error.contains("tenant_rows") && error.contains("row-level security"),
+        "{error}"
+    );
+    tgt_admin
+        .batch_execute("ALTER ROLE lander BYPASSRLS")
+        .await
+        .unwrap();
+    resume(addr).await;
+    src_admin
+        .batch_execute("DELETE FROM tenant_rows WHERE id <= 10")
+        .await
+        .unwrap();
+    assert_same(&pair).await;
+    assert_eq!(
+        scalar(
+            &tgt_admin,
+            "SELECT count(*) FROM tenant_rows WHERE v = 'changed'"
+        )
+        .await,
+        45
+    );
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

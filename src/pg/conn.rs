@@ -23,10 +23,12 @@ use crate::secret::Secret;
 /// them. `lc_monetary = 'C'`: `money` is printed and parsed by that locale, and a source set
 /// to `de_DE` prints `1.234,56 €`, which a target in another locale cannot read.
 /// `xmloption = content`: a target set to `document` would refuse the XML fragments
-/// (`<a/><b/>`, text around elements) an `xml` column may hold.
+/// (`<a/><b/>`, text around elements) an `xml` column may hold. `row_security = off`: a
+/// query that a row-level security policy would filter fails instead of silently reading
+/// or writing fewer rows (see [`crate::load::preflight`]).
 pub const SESSION_SETTINGS: &str = "SET DateStyle = 'ISO, YMD'; SET TimeZone = 'UTC'; \
      SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; SET bytea_output = 'hex'; \
-     SET lc_monetary = 'C'; SET xmloption = content; \
+     SET lc_monetary = 'C'; SET xmloption = content; SET row_security = off; \
      SET statement_timeout = 0; SET lock_timeout = 0; \
      SET idle_in_transaction_session_timeout = 0; \
      SELECT pg_catalog.set_config('idle_session_timeout', '0', false) \

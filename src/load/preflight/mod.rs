@@ -5,8 +5,9 @@
 //! (`session_replication_role` on the target included), server versions (a source older
 //! than 14, a target older than the source when the schema is copied), `wal_level`, free
 //! slots and WAL senders, patterns that match nothing, tables that cannot be
-//! replicated (correctness rule 7), a target that is not empty, a target schema that differs
-//! (with `copy_schema = false`), and missing or too old `pg_dump`/`pg_restore`.
+//! replicated (correctness rule 7), row-level security that would hide rows from the copy or
+//! the apply (`rls.rs`), a target that is not empty, a target schema that differs (with
+//! `copy_schema = false`), and missing or too old `pg_dump`/`pg_restore`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -25,6 +26,7 @@ use server::{
     version_problem,
 };
 
+mod rls;
 mod server;
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -204,6 +206,25 @@ pub async fn check(cfg: &Config) -> Result<Facts, PreflightError> {
         .iter()
         .map(|t| CopyUnit::new(t.name.clone(), &src_cols[&t.name], t.bytes.max(0) as u64))
         .collect();
+
+    // Row-level security that would hide rows from the copy or the apply.
+    let mut rls_names: Vec<TableName> = selection.roots.iter().map(|t| t.name.clone()).collect();
+    rls_names.extend(selection.units.iter().map(|t| t.name.clone()));
+    problems.extend(rls::problem_of(
+        "source",
+        &rls::subject_tables(&src, &rls_names).await?,
+        false,
+    ));
+    let on_target = rls::subject_tables(&tgt, &rls_names).await?;
+    problems.extend(rls::problem_of("target", &on_target, false));
+    if cfg.replication.copy_schema && !rls::bypasses(&tgt).await? {
+        let forced: Vec<TableName> = rls::forced_tables(&src, &rls_names)
+            .await?
+            .into_iter()
+            .filter(|t| !on_target.contains(t))
+            .collect();
+        problems.extend(rls::problem_of("target", &forced, true));
+    }
 
     check_target_database(&tgt, &mut problems).await?;
     let schema_state = resume
