@@ -2374,6 +2374,96 @@ async fn servers_that_end_idle_sessions_do_not_end_the_migration() {
     server.await.unwrap().unwrap();
 }
 
+/// Databases whose sessions start read-only and serializable by default: an operator keeping
+/// applications off the target until the switch (`ALTER DATABASE … SET
+/// default_transaction_read_only = on`), a source fenced the same way for the drain, a shop
+/// that runs everything serializable. pgcutover's sessions, and the `pg_dump` / `pg_restore` it
+/// runs, are pgcutover's own: they write where they must and apply under read committed (two
+/// apply sessions under serializable would pay for predicate locks and could fail each other),
+/// so the schema copy, the copy, the indexes and the stream go through as on any database. A
+/// trigger that fires on both sides refuses writes under any other isolation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn databases_read_only_and_serializable_by_default_still_migrate() {
+    let pair = Pair::start().await;
+    let (src, tgt) = (pair.src().await, pair.tgt().await);
+    src.batch_execute(
+        "CREATE TABLE marker (id serial PRIMARY KEY);
+         CREATE TABLE items (id int PRIMARY KEY, v text);
+         CREATE INDEX items_v ON items (v);
+         INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 2000) g;
+         -- fires on both sides (the schema copy carries it): refuses any other isolation
+         CREATE FUNCTION only_read_committed() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF current_setting('transaction_isolation') <> 'read committed' THEN
+                 RAISE EXCEPTION 'written under %', current_setting('transaction_isolation');
+             END IF;
+             RETURN NULL;
+         END $$;
+         CREATE TRIGGER only_read_committed AFTER INSERT OR UPDATE OR DELETE ON items
+             FOR EACH ROW EXECUTE FUNCTION only_read_committed();
+         ALTER TABLE items ENABLE ALWAYS TRIGGER only_read_committed;",
+    )
+    .await
+    .unwrap();
+    for c in [&src, &tgt] {
+        c.batch_execute(
+            "ALTER DATABASE app SET default_transaction_read_only = on;
+             ALTER DATABASE app SET default_transaction_isolation = 'serializable';",
+        )
+        .await
+        .unwrap();
+    }
+    // The test's own sessions write as an application the fence does not hold.
+    let writer = |c: Client| async move {
+        c.batch_execute(
+            "SET default_transaction_read_only = off;
+             SET default_transaction_isolation = 'read committed'",
+        )
+        .await
+        .unwrap();
+        c
+    };
+    let (addr, stop_tx, server) = start_daemon(&pair, "").await;
+    wait_for(LIMIT, "the change stream to run", || async {
+        let s = get(addr, "/status").await.1;
+        assert_ne!(s["stage"], "failed", "{s}");
+        s["stage"] == "cdc"
+    })
+    .await;
+    let src = writer(pair.src().await).await;
+    for i in 0..20 {
+        src.batch_execute(&format!(
+            "UPDATE items SET v = v || '+' WHERE id % 20 = {i};
+             INSERT INTO items VALUES ({}, 'new');
+             DELETE FROM items WHERE id = {};",
+            3000 + i,
+            100 + i
+        ))
+        .await
+        .unwrap();
+    }
+    let tgt = writer(pair.tgt().await).await;
+    wait_caught_up(&src, &tgt, LIMIT).await;
+    let (_, s) = get(addr, "/status").await;
+    assert_eq!(s["stage"], "cdc", "{s}");
+    assert_eq!(s["cdc"]["reconnects"], 0, "{s}");
+    assert!(s["cdc"]["changes_applied"].as_u64() >= Some(60), "{s}");
+    let (a, b) = (digests(&src).await, digests(&tgt).await);
+    assert_eq!(a, b);
+    // The index came over with the post-data, which pg_restore builds.
+    let idx: i64 = tgt
+        .query_one(
+            "SELECT count(*) FROM pg_indexes WHERE indexname = 'items_v'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(idx, 1);
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
 /// Two-phase commit and subtransactions on the source: a prepared transaction is applied when
 /// it is committed (at its `COMMIT PREPARED`, after a transaction that committed while it
 /// waited), one rolled back never appears, and what a savepoint rolled back, or an exception

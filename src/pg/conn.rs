@@ -25,11 +25,19 @@ use crate::secret::Secret;
 /// `xmloption = content`: a target set to `document` would refuse the XML fragments
 /// (`<a/><b/>`, text around elements) an `xml` column may hold. `row_security = off`: a
 /// query that a row-level security policy would filter fails instead of silently reading
-/// or writing fewer rows (see [`crate::load::preflight`]).
+/// or writing fewer rows (see [`crate::load::preflight`]). `default_transaction_read_only =
+/// off` and `default_transaction_isolation = 'read committed'`: a database set to start its
+/// sessions read-only (an operator keeping applications off the target until the switch, a
+/// source fenced for the drain) or serializable fences applications, not the migration; the
+/// apply's two sessions under serializable would pay for predicate locks and could fail each
+/// other. What must read a snapshot says so itself (`BEGIN ISOLATION LEVEL REPEATABLE READ
+/// READ ONLY`). Child processes get the same two through [`ConnInfo::child_env`].
 pub const SESSION_SETTINGS: &str = "SET DateStyle = 'ISO, YMD'; SET TimeZone = 'UTC'; \
      SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; SET bytea_output = 'hex'; \
      SET lc_monetary = 'C'; SET xmloption = content; SET row_security = off; \
      SET statement_timeout = 0; SET lock_timeout = 0; \
+     SET default_transaction_read_only = off; \
+     SET default_transaction_isolation = 'read committed'; \
      SET idle_in_transaction_session_timeout = 0; \
      SELECT pg_catalog.set_config('idle_session_timeout', '0', false) \
       WHERE pg_catalog.current_setting('server_version_num')::int >= 140000";
@@ -316,11 +324,19 @@ impl ConnInfo {
         s
     }
 
-    /// Environment for a child process that connects with [`Self::libpq_conninfo`].
+    /// Environment for a child process that connects with [`Self::libpq_conninfo`]. Its
+    /// sessions start read-write under read committed whatever the database's defaults say
+    /// (as [`SESSION_SETTINGS`]); pg_dump and pg_restore set the rest themselves.
     pub fn child_env(&self) -> Vec<(String, String)> {
         let mut env = vec![
             ("PGAPPNAME".to_string(), "pgcutover".to_string()),
             ("PGCONNECT_TIMEOUT".to_string(), "10".to_string()),
+            (
+                "PGOPTIONS".to_string(),
+                "-c default_transaction_read_only=off \
+                 -c default_transaction_isolation=read\\ committed"
+                    .to_string(),
+            ),
         ];
         if let Some(p) = &self.password {
             env.push(("PGPASSWORD".to_string(), p.expose().to_string()));
