@@ -2673,6 +2673,102 @@ async fn source_connections_that_go_silent_without_closing_are_replaced_and_lose
     server.await.unwrap().unwrap();
 }
 
+/// Connections to the target that go silent without closing (a firewall or security group
+/// change, a proxy restarted): an apply session that waits for an answer longer than
+/// `receive_timeout` is asked about on a new connection. One that waits on a lock an
+/// application holds on the target is left alone; one whose connection went silent is found
+/// idle, ended, and replaced, losing nothing and applying nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_connections_that_go_silent_are_replaced_and_lose_nothing() {
+    let pair = Pair::start().await;
+    let src = pair.src().await;
+    src.batch_execute(
+        "CREATE TABLE marker (id serial PRIMARY KEY);
+         CREATE TABLE t (id int PRIMARY KEY, n int NOT NULL);
+         INSERT INTO t SELECT g, 0 FROM generate_series(1, 100) g;",
+    )
+    .await
+    .unwrap();
+    let proxy = Proxy::start(pair.target.port()).await;
+    let mut cfg = pair.config("receive_timeout = \"1s\"");
+    cfg.target.port = proxy.port;
+    let (addr, stop_tx, server) = start_daemon_with(cfg).await;
+    wait_for(LIMIT, "the change stream to run", || async {
+        get(addr, "/status").await.1["stage"] == "cdc"
+    })
+    .await;
+    let tgt = pair.tgt().await;
+    wait_caught_up(&src, &tgt, LIMIT).await;
+
+    // An application holds a row on the target for 4 s: the apply waits on its lock, the
+    // target says the session is running, and it is left to wait.
+    let app = pair.tgt().await;
+    app.batch_execute("BEGIN; SELECT * FROM t WHERE id = 1 FOR UPDATE")
+        .await
+        .unwrap();
+    src.batch_execute("UPDATE t SET n = n + 1 WHERE id = 1")
+        .await
+        .unwrap();
+    wait_for(LIMIT, "the apply to be asked about", || async {
+        cdc_view(addr).await.0["target_probes"].as_u64() >= Some(1)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    app.batch_execute("COMMIT").await.unwrap();
+    wait_caught_up(&src, &tgt, LIMIT).await;
+    let (view, reconnects) = cdc_view(addr).await;
+    assert_eq!(
+        reconnects, 0,
+        "a session waiting on a lock was given up: {view}"
+    );
+    assert_eq!(view["target_stalls"], 0, "{view}");
+
+    // Every connection to the target goes silent, then the source writes.
+    proxy.silence_existing();
+    for i in 0..5 {
+        src.batch_execute(&format!(
+            "UPDATE t SET n = n + 1 WHERE id % 5 = {i}; INSERT INTO t VALUES (200 + {i}, {i})"
+        ))
+        .await
+        .unwrap();
+    }
+    let started = std::time::Instant::now();
+    let seen = loop {
+        let (view, _) = cdc_view(addr).await;
+        if let Some(e) = view["interrupted"]["error"].as_str() {
+            break e.to_string();
+        }
+        assert!(started.elapsed() < LIMIT, "never found dead: {view}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        seen.contains("stopped answering") && seen.contains("stayed idle"),
+        "{seen}"
+    );
+    wait_caught_up(&src, &tgt, LIMIT).await;
+    let (view, reconnects) = cdc_view(addr).await;
+    assert_eq!(reconnects, 1, "{view}");
+    assert_eq!(view["target_stalls"], 1, "{view}");
+    assert_eq!(digests(&src).await, digests(&tgt).await);
+    // The sessions behind the silent connections were ended on the target, not left there
+    // (with the transaction one of them had open): only the two new ones are left.
+    wait_for(LIMIT, "the old apply sessions to end", || async {
+        let apply: i64 = tgt
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                  WHERE application_name = 'pgcutover-apply'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        apply == 2
+    })
+    .await;
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
 /// A LATIN1 source database (an old self-managed server) into a UTF8 target (what Aurora
 /// creates): the schema (a table named with an accent, a comment), the copy and the change
 /// stream carry accented text converted, not as bytes (accented keys changed too), and a

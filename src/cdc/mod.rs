@@ -62,6 +62,7 @@ pub mod progress;
 pub mod relation;
 mod session;
 pub mod silence;
+pub mod stall;
 pub mod stream;
 
 use std::sync::Arc;
@@ -112,6 +113,8 @@ pub enum CdcError {
         silent_secs: f64,
         why: String,
     },
+    #[error("an apply session on the target stopped answering: {why}")]
+    TargetSilent { why: String },
     #[error("undecodable message in the replication stream: {0}")]
     Decode(#[from] DecodeError),
     #[error(transparent)]
@@ -152,7 +155,7 @@ impl CdcError {
     fn transient(&self) -> bool {
         match self {
             CdcError::Stream(e) => e.transient,
-            CdcError::Ended | CdcError::Silent { .. } => true,
+            CdcError::Ended | CdcError::Silent { .. } | CdcError::TargetSilent { .. } => true,
             CdcError::Apply(e) => e.is_transient(),
             CdcError::Sql(e) | CdcError::Relation(RelationError::Sql(e)) => e.is_transient(),
             CdcError::Conn(_) => true,
@@ -197,6 +200,13 @@ impl CdcError {
                 the target's recorded position, nothing is lost; if it happens again, look at \
                 what sits between them, or raise replication.receive_timeout if the source is \
                 only slow"
+                .into(),
+            CdcError::TargetSilent { .. } => "something between pgcutover and the target (a \
+                firewall or security group change, a proxy or load balancer restarted, a NAT \
+                gateway) lost the connection without closing it: pgcutover reconnects and goes \
+                on from the target's recorded position, nothing is lost or applied twice; if it \
+                happens again, look at what sits between them, or raise \
+                replication.receive_timeout if the target is only slow"
                 .into(),
             CdcError::Stream(_) | CdcError::Ended | CdcError::Conn(_) => {
                 "check that the source and the target are reachable; POST /replication/resume \
@@ -335,6 +345,9 @@ pub async fn run(
         drift_tx,
     )));
     let mut retries = 0u32;
+    // Backends of apply sessions given up while the target was out of reach: the next
+    // session ends them (see `stall`).
+    let mut stale = Vec::new();
     loop {
         let mut progressed = false;
         let err = session::run(
@@ -344,6 +357,7 @@ pub async fn run(
             &control,
             &mut progressed,
             drift_rx.clone(),
+            &mut stale,
         )
         .await;
         if progressed {

@@ -26,6 +26,7 @@ use super::heartbeat::{self, Drift};
 use super::hold::Hold;
 use super::relation::{RelationCache, RelationError};
 use super::silence::{self, Verdict};
+use super::stall::{self, Backend};
 use super::stream::{Event, Stream};
 use super::{BATCH_AGE, BATCH_CHANGES, BATCH_LINGER, CdcError, Control};
 use crate::config::Config;
@@ -43,16 +44,36 @@ pub(super) async fn run(
     control: &Control,
     progressed: &mut bool,
     mut drift: watch::Receiver<Drift>,
+    stale: &mut Vec<Backend>,
 ) -> CdcError {
     let mut holds = control.holds_rx.lock().await;
-    let mut session = match Session::open(cfg, status, load).await {
+    let mut session = match Session::open(cfg, status, load, stale).await {
         Ok(s) => s,
         Err(e) => return e,
     };
+    // A target session that stopped answering ends the session (see `stall`); the step
+    // under way is dropped with it.
+    let backends: Vec<Backend> = (session.applier.watches().iter())
+        .map(|w| w.backend.clone())
+        .collect();
+    let mut stalled = std::pin::pin!(stall::watch(
+        cfg.target.clone(),
+        session.applier.watches(),
+        cfg.replication.receive_timeout,
+        status,
+    ));
     let err = loop {
-        match session.step(&mut holds, &mut drift).await {
-            Ok(answered) => *progressed |= answered,
-            Err(e) => break e,
+        tokio::select! {
+            biased;
+            step = session.step(&mut holds, &mut drift) => match step {
+                Ok(answered) => *progressed |= answered,
+                Err(e) => break e,
+            },
+            why = &mut stalled => {
+                stale.extend(backends);
+                status.cdc_target_stalled();
+                break CdcError::TargetSilent { why };
+            }
         }
     };
     if !err.transient() {
@@ -109,6 +130,7 @@ impl<'a> Session<'a> {
         cfg: &'a Config,
         status: &'a StatusBoard,
         load: &LoadOutcome,
+        stale: &mut Vec<Backend>,
     ) -> Result<Session<'a>, CdcError> {
         let id = cfg.replication.migration_id.as_str();
         let snapshots = load
@@ -121,6 +143,9 @@ impl<'a> Session<'a> {
             targets.push(cfg.target.connect("pgcutover-apply").await?);
         }
         let applier = Applier::new(targets, id).await?;
+        if !stale.is_empty() {
+            stall::end_stale(applier.client(), stale).await;
+        }
         let recorded = super::progress::applied_lsn(applier.client(), id).await?;
         let start = recorded.unwrap_or(load.slot_lsn);
         let slot = cfg.replication.migration_id.slot_name();
@@ -534,7 +559,10 @@ async fn apply_message(
     let wanted = |skip_before: Lsn| matches!(txn, Some((lsn, false)) if lsn >= skip_before);
     match msg {
         Message::Relation(rel) => {
-            let info = match cache.describe(applier.client(), &rel, snapshots).await {
+            let waiting = applier.waiting_on_client();
+            let described = cache.describe(applier.client(), &rel, snapshots).await;
+            drop(waiting);
+            let info = match described {
                 Ok(info) => info,
                 Err(
                     e @ (RelationError::NotMigrated { .. } | RelationError::MissingOnTarget { .. }),

@@ -159,6 +159,11 @@ pub struct CdcView {
     /// Times the stream received nothing for `replication.receive_timeout` and the source
     /// was asked whether it still heard it (see [`crate::cdc::silence`]).
     pub silences: u64,
+    /// Times an apply session waited for an answer longer than `replication.receive_timeout`
+    /// and the target was asked about it (see [`crate::cdc::stall`])…
+    pub target_probes: u64,
+    /// …and times it was then given up as dead.
+    pub target_stalls: u64,
     /// Why the stream is down and being retried (absent while it runs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interrupted: Option<Interruption>,
@@ -360,6 +365,12 @@ impl StatusBoard {
             Some(cdc.silences as f64),
         );
         gauge(
+            "pgcutover_apply_stalls",
+            "Times an apply session was given up because the target stopped answering it \
+             and said the session was dead or could not be reached.",
+            Some(cdc.target_stalls as f64),
+        );
+        gauge(
             "pgcutover_waiting_seconds",
             "How long the daemon has waited on source transactions only others can end \
              (0 when not waiting; /status names them).",
@@ -458,6 +469,18 @@ impl StatusBoard {
     pub fn cdc_silent(&self) {
         let mut g = self.lock();
         g.cdc.get_or_insert_with(CdcView::default).silences += 1;
+    }
+
+    /// An apply session has not answered for a while; the target is being asked about it.
+    pub fn cdc_target_probed(&self) {
+        let mut g = self.lock();
+        g.cdc.get_or_insert_with(CdcView::default).target_probes += 1;
+    }
+
+    /// An apply session was given up: the target stopped answering it.
+    pub fn cdc_target_stalled(&self) {
+        let mut g = self.lock();
+        g.cdc.get_or_insert_with(CdcView::default).target_stalls += 1;
     }
 
     /// A target transaction committed.

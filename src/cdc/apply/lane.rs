@@ -12,6 +12,7 @@ use tokio_postgres::{Client, Statement};
 use super::Committed;
 use super::sql::StmtKey;
 use crate::cdc::relation::RelInfo;
+use crate::cdc::stall::{Backend, LaneWatch, WaitGuard};
 use crate::pg::{Lsn, SqlError};
 
 /// How long [`Lane::flush_moves`] waits for the target to flush a commit.
@@ -43,6 +44,8 @@ pub(super) type Pending =
 
 pub(super) struct InFlight {
     pub(super) fut: Pending,
+    /// Its number on the session (see [`crate::cdc::stall::LaneWatch`]).
+    pub(super) seq: u64,
     /// One per statement of the request.
     pub(super) expect: Vec<Expect>,
     /// The request that ends a batch's commit (the COMMIT, or the WAL-position read after
@@ -80,9 +83,29 @@ pub(super) struct Lane {
     /// The script being built, and one expectation per statement in it.
     pub(super) script: String,
     pub(super) script_expect: Vec<Expect>,
+    /// The session's backend, and how long pgcutover has been waiting for its answer.
+    pub(super) watch: Arc<LaneWatch>,
+    /// Requests numbered so far.
+    pub(super) requests: u64,
 }
 
 impl Lane {
+    /// A number for the next request (or wait) on this session.
+    pub(super) fn next_seq(&mut self) -> u64 {
+        self.requests += 1;
+        self.requests
+    }
+
+    /// pgcutover waits for the answer to the oldest request in flight (or, with nothing in
+    /// flight, for some other answer) until the guard is dropped.
+    pub(super) fn wait_front(&mut self) -> WaitGuard {
+        let seq = match self.inflight.front() {
+            Some(f) => f.seq,
+            None => self.next_seq(),
+        };
+        self.watch.wait_for(seq)
+    }
+
     /// Poll the oldest request in flight; once it is answered, its answer is kept for
     /// [`Applier::settle_one`] to read. Ready when nothing is in flight.
     pub(super) fn poll_front(&mut self, cx: &mut Context<'_>) -> Poll<()> {
@@ -208,6 +231,18 @@ impl Lane {
                 None
             }
         };
+        let backend = client
+            .query_one(
+                "SELECT pg_backend_pid(), backend_start::text FROM pg_stat_activity \
+                  WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .await
+            .map_err(ctx("reading the target session's backend"))?;
+        let watch = LaneWatch::new(Backend {
+            pid: backend.get(0),
+            started: backend.get(1),
+        });
         let sync = if wal_positions.is_some() { "off" } else { "on" };
         client
             .batch_execute(&format!("SET synchronous_commit = {sync}"))
@@ -228,6 +263,8 @@ impl Lane {
             prepared: 0,
             script: String::new(),
             script_expect: Vec::new(),
+            watch,
+            requests: 0,
         })
     }
 }

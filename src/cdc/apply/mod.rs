@@ -93,6 +93,7 @@ use tokio_postgres::Client;
 use super::coalesce::{Buffer, Writeset};
 use super::decode::{OldKind, Tuple};
 use super::relation::RelInfo;
+use super::stall::{LaneWatch, WaitGuard};
 use crate::pg::{Lsn, SqlError};
 use lane::{EndsCommit, Lane, Pending, Subject};
 use send::Run;
@@ -247,6 +248,16 @@ impl Applier {
     /// statements in flight, which is what their order requires).
     pub fn client(&self) -> &Client {
         &self.lanes[0].client
+    }
+
+    /// The caller waits for an answer on [`Applier::client`] until the guard is dropped.
+    pub fn waiting_on_client(&mut self) -> WaitGuard {
+        self.lanes[0].wait_front()
+    }
+
+    /// Each session's backend and wait, for [`crate::cdc::stall::watch`].
+    pub fn watches(&self) -> Vec<Arc<LaneWatch>> {
+        self.lanes.iter().map(|l| l.watch.clone()).collect()
     }
 
     /// A table was described anew (its shape changed on the source, see
@@ -474,6 +485,7 @@ impl Applier {
         if self.lanes[lane].commits == 0 {
             return std::future::pending().await;
         }
+        let _waiting = self.lanes[lane].wait_front();
         std::future::poll_fn(|cx| self.lanes[lane].poll_front(cx)).await
     }
 
@@ -564,7 +576,11 @@ impl Applier {
     /// The target's current WAL insert and flush positions (`None` when commits are
     /// synchronous, so everything committed is already durable).
     pub async fn wal_positions(&mut self) -> Result<Option<(Lsn, Lsn)>, SqlError> {
-        let lane = &self.lanes[self.last_lane];
+        let lane = &mut self.lanes[self.last_lane];
+        if lane.wal_positions.is_none() {
+            return Ok(None);
+        }
+        let _waiting = lane.wait_front();
         let Some(stmt) = &lane.wal_positions else {
             return Ok(None);
         };
@@ -602,6 +618,7 @@ impl Applier {
             // few left behind go with the session).
             lane.named.clear();
             if std::mem::take(&mut lane.open) {
+                let _waiting = lane.wait_front();
                 lane.client
                     .batch_execute("ROLLBACK")
                     .await

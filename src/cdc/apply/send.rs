@@ -196,7 +196,11 @@ impl Applier {
             None => {
                 self.flush_script(lane).await?;
                 let sql = statement_sql(&run.rel, &run.kind, true);
-                match self.lanes[lane].client.prepare(&sql).await {
+                // Answered after everything queued before it on the session.
+                let waiting = self.lanes[lane].wait_front();
+                let prepared = self.lanes[lane].client.prepare(&sql).await;
+                drop(waiting);
+                match prepared {
                     Ok(s) => {
                         self.lanes[lane].extended.insert(key, s.clone());
                         s
@@ -323,8 +327,10 @@ impl Applier {
             Poll::Ready(result) => Box::pin(std::future::ready(result)),
             Poll::Pending => fut,
         };
+        let seq = self.lanes[lane].next_seq();
         self.lanes[lane].inflight.push_back(InFlight {
             fut,
+            seq,
             expect,
             ends_commit,
         });
@@ -339,7 +345,10 @@ impl Applier {
         let Some(f) = self.lanes[lane].inflight.pop_front() else {
             return Ok(());
         };
-        let answer = f.fut.await;
+        let answer = {
+            let _waiting = self.lanes[lane].watch.wait_for(f.seq);
+            f.fut.await
+        };
         let l = &mut self.lanes[lane];
         match answer {
             Ok(counts) => {
