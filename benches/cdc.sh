@@ -20,6 +20,10 @@
 #
 #   cargo build --release && SCALE=50 REPS=3 benches/cdc.sh
 #
+# LIVE=0 / CATCHUP=0 leave out one half; WORKLOADS="bulk" (default "pgbench bulk") picks the
+# backlogs; BULK_STATE=fresh|vacuumed|asis sets the state of the target table the bulk backlog
+# meets (see bulk_state below).
+#
 # Reuses the shared harness (clusters, dataset, markers, workloads, lag sampler).
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
@@ -33,6 +37,7 @@ SHARED_BUFFERS="${SHARED_BUFFERS:-2GB}"
 SCRIPT_NAME=cdc
 PGBENCH_T="${PGBENCH_T:-60}"; CLIENTS="${CLIENTS:-4}"; THREADS="${THREADS:-2}"
 N_TX="${N_TX:-60000}"; BULK_ROWS="${BULK_ROWS:-1000000}"; BATCH="${BATCH:-100}"
+WORKLOADS="${WORKLOADS:-pgbench bulk}"; BULK_STATE="${BULK_STATE:-asis}"
 PGCUTOVER="${PGCUTOVER:-$REPO/target/release/pgcutover}"
 OURDB=pgc
 [ -x "$PGCUTOVER" ] || die "build first: cargo build --release ($PGCUTOVER missing)"
@@ -256,10 +261,25 @@ catchup() {   # catchup native|pgcutover WORKLOAD ROUND MARKER
   raw "catchup_${w}_rows_per_s_$who" "$r" "$rate" rows/s
   RATE_LIST[$who.$w]+="$rate "
 }
+# The state the bulk backlog finds pgbench_accounts in on the target (both databases alike)
+# weighs on every consumer's apply: BULK_STATE=fresh rewrites it first (VACUUM FULL: packed
+# pages and a clean index, as a full load leaves a table, which is what the backlog that
+# built up during a migration's load meets); vacuumed reclaims the previous round's dead rows
+# first (VACUUM: room in the pages); asis (the default) leaves it to autovacuum, which may or
+# may not have run since the previous round.
+bulk_state() {
+  case "$BULK_STATE" in
+    fresh) dst -c "VACUUM FULL pgbench_accounts" >/dev/null; ourq "VACUUM FULL pgbench_accounts" >/dev/null ;;
+    vacuumed) dst -c "VACUUM pgbench_accounts" >/dev/null; ourq "VACUUM pgbench_accounts" >/dev/null ;;
+    asis) ;;
+    *) die "BULK_STATE is fresh, vacuumed or asis" ;;
+  esac
+}
 # CATCHUP=0 skips this part and the floor (for a look at the live figures alone)
 [ "${CATCHUP:-1}" = 0 ] || for r in $(seq 1 "$REPS"); do
-  for w in pgbench bulk; do
+  for w in $WORKLOADS; do
     only
+    [ "$w" = bulk ] && bulk_state
     src -c CHECKPOINT >/dev/null; dst -c CHECKPOINT >/dev/null
     if [ "$w" = pgbench ]; then workload_pgbench "$N_TX"; else workload_bulk "$BULK_ROWS" "$BATCH"; fi
     id=$(put_marker)
@@ -293,7 +313,8 @@ floor_session() {   # floor_session FIRST_KEY ROWS -> CPU clock ticks the sessio
     | tail -1
 }
 FLOOR_CPU=()
-[ "${CATCHUP:-1}" = 0 ] || for r in $(seq 1 "$REPS"); do
+[ "${CATCHUP:-1}" = 0 ] || [[ " $WORKLOADS " != *" bulk "* ]] || for r in $(seq 1 "$REPS"); do
+  bulk_state
   dst -c CHECKPOINT >/dev/null
   half=$((BULK_ROWS / 2))
   f0=$(now)
@@ -326,17 +347,21 @@ metric pgcutover_slot_lag_median "$OURS_LAG_MED" bytes; metric pgcutover_slot_la
 metric pgcutover_lag_p50 "$HB_P50" s; metric pgcutover_lag_p99 "$HB_P99" s; metric pgcutover_lag_max "$HB_MAX" s
 metric pgcutover_lag_samples "$(wc -l < "$HB")" samples
 declare -A RATE CPU_MED
-for k in native.pgbench pgcutover.pgbench native.bulk pgcutover.bulk; do
-  # shellcheck disable=SC2086
-  RATE[$k]=$(med ${RATE_LIST[$k]})
-  metric "catchup_${k#*.}_rows_per_s_${k%.*}" "${RATE[$k]}" rows/s
+ran() { [ "${CATCHUP:-1}" != 0 ] && [[ " $WORKLOADS " == *" $1 "* ]]; }   # ran WORKLOAD
+for w in $WORKLOADS; do
+  ran "$w" || continue
+  for k in "native.$w" "pgcutover.$w"; do
+    # shellcheck disable=SC2086
+    RATE[$k]=$(med ${RATE_LIST[$k]})
+    metric "catchup_${w}_rows_per_s_${k%.*}" "${RATE[$k]}" rows/s
+  done
 done
 metric pgcutover_peak_rss "$(calc "$PEAK_KB/1024" 1)" MB
 # shellcheck disable=SC2086
 for k in native.bulk.ws native.bulk.apply pgcutover.bulk.ws pgcutover.bulk.apply pgcutover.bulk.daemon native.bulk.wall pgcutover.bulk.wall; do
   CPU_MED[$k]=$(med ${CPU_OF[$k]})
 done
-if [ "${CATCHUP:-1}" != 0 ]; then
+if ran bulk; then
   # shellcheck disable=SC2086
   WS_MIN=$(minof ${CPU_OF[native.bulk.ws]} ${CPU_OF[pgcutover.bulk.ws]})
   FLOOR=$(med "${FLOOR_CPU[@]}")
@@ -357,9 +382,11 @@ pct() { calc "100*($1-$TPS_BASE)/$TPS_BASE" 1; }
   echo "| slot lag under pgbench, median / max (bytes) | $NATIVE_LAG_MED / $NATIVE_LAG_MAX | $OURS_LAG_MED / $OURS_LAG_MAX |"
   echo "| end-to-end lag under pgbench, p50 / p99 / max (s) | – | $HB_P50 / $HB_P99 / $HB_MAX |"
   fi
-  if [ "${CATCHUP:-1}" != 0 ]; then
+  if ran pgbench; then
   echo "| catch-up, pgbench backlog ($((N_TX / CLIENTS * CLIENTS * 4)) changes) | ${RATE[native.pgbench]} rows/s | ${RATE[pgcutover.pgbench]} rows/s ($(calc "${RATE[pgcutover.pgbench]}/${RATE[native.pgbench]}" 2)x) |"
-  echo "| catch-up, bulk backlog ($BULK_ROWS rows, $BATCH-row txns) | ${RATE[native.bulk]} rows/s | ${RATE[pgcutover.bulk]} rows/s ($(calc "${RATE[pgcutover.bulk]}/${RATE[native.bulk]}" 2)x) |"
+  fi
+  if ran bulk; then
+  echo "| catch-up, bulk backlog ($BULK_ROWS rows, $BATCH-row txns, target table $BULK_STATE) | ${RATE[native.bulk]} rows/s | ${RATE[pgcutover.bulk]} rows/s ($(calc "${RATE[pgcutover.bulk]}/${RATE[native.bulk]}" 2)x) |"
   echo "| bulk catch-up: seconds; CPU s of walsender / apply / daemon | ${CPU_MED[native.bulk.wall]}; ${CPU_MED[native.bulk.ws]} / ${CPU_MED[native.bulk.apply]} / – | ${CPU_MED[pgcutover.bulk.wall]}; ${CPU_MED[pgcutover.bulk.ws]} / ${CPU_MED[pgcutover.bulk.apply]} / ${CPU_MED[pgcutover.bulk.daemon]} |"
   echo "| floor: the bulk's rows updated by key in 2 sessions, nothing decoded (CPU s) | $FLOOR | |"
   echo "| bound for any consumer on $(nproc) cores: (least walsender CPU $WS_MIN + floor) / $(nproc) | $BOUND s = $(calc "$BULK_ROWS/$BOUND" 0) rows/s = $(calc "$BULK_ROWS/$BOUND/${RATE[native.bulk]}" 2)x native | |"
