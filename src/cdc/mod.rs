@@ -10,7 +10,8 @@
 //! * [`hold`]: holding the apply at a source position, for validation at an exact point;
 //! * `session`: one replication session, the loop below; `heartbeat`: the lag measurement
 //!   and the watch for new tables, on a source connection of their own;
-//! * [`silence`]: whether a stream that receives nothing is dead or its walsender busy.
+//! * [`silence`]: whether a stream that receives nothing is dead or its walsender busy;
+//! * [`stall`]: the same question for an apply session that the target does not answer.
 //!
 //! ## The loop
 //!
@@ -37,7 +38,8 @@
 //! ## Failures
 //!
 //! A broken connection (either side) is retried with backoff from the recorded position, and
-//! so is a stream connection found dead without having been closed (see [`silence`]). A
+//! so is a stream connection found dead without having been closed (see [`silence`]), or an
+//! apply session (see [`stall`]). A
 //! change the target refuses, or a schema difference, stops the apply with an error in
 //! `/status` (stage `stopped`) and waits for `POST /replication/resume` (or a restart); the
 //! transaction being applied is rolled back, so nothing is half-applied. So do what no retry

@@ -99,7 +99,9 @@ pub struct Replication {
     pub pg_bin_dir: Option<PathBuf>,
     /// How long the change stream may receive nothing before pgcutover asks the source, on a
     /// new connection, whether the stream's connection still works (see
-    /// [`crate::cdc::stream`]); also the longest a heartbeat round may take.
+    /// [`crate::cdc::stream`]); also the longest a heartbeat round may take, and how long an
+    /// apply session may wait for the target's answer before the target is asked about it
+    /// (see [`crate::cdc::stall`]).
     pub receive_timeout: Duration,
 }
 
