@@ -2677,7 +2677,8 @@ async fn source_connections_that_go_silent_without_closing_are_replaced_and_lose
 /// change, a proxy restarted): an apply session that waits for an answer longer than
 /// `receive_timeout` is asked about on a new connection. One that waits on a lock an
 /// application holds on the target is left alone; one whose connection went silent is found
-/// idle, ended, and replaced, losing nothing and applying nothing twice.
+/// idle, ended, and replaced, losing nothing and applying nothing twice; and so is one the
+/// target cannot even be asked about, its sessions ended once it can be reached again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn target_connections_that_go_silent_are_replaced_and_lose_nothing() {
     let pair = Pair::start().await;
@@ -2752,19 +2753,49 @@ async fn target_connections_that_go_silent_are_replaced_and_lose_nothing() {
     assert_eq!(digests(&src).await, digests(&tgt).await);
     // The sessions behind the silent connections were ended on the target, not left there
     // (with the transaction one of them had open): only the two new ones are left.
-    wait_for(LIMIT, "the old apply sessions to end", || async {
-        let apply: i64 = tgt
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity \
-                  WHERE application_name = 'pgcutover-apply'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        apply == 2
-    })
-    .await;
+    let only_new_sessions = || async {
+        wait_for(LIMIT, "the old apply sessions to end", || async {
+            let apply: i64 = tgt
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                      WHERE application_name = 'pgcutover-apply'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            apply == 2
+        })
+        .await
+    };
+    only_new_sessions().await;
+
+    // Silent again, and new connections are not answered either (a firewall dropping
+    // everything for a while): the probe cannot ask, the session is given up all the same,
+    // and the sessions left behind are ended once the target can be reached again.
+    proxy.silence_existing();
+    proxy.hold_new(true);
+    src.batch_execute("UPDATE t SET n = n + 1 WHERE id % 2 = 0")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let seen = loop {
+        let (view, _) = cdc_view(addr).await;
+        if let Some(e) = view["interrupted"]["error"].as_str()
+            && view["target_stalls"] == 2
+        {
+            break e.to_string();
+        }
+        assert!(started.elapsed() < LIMIT, "never found dead: {view}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(seen.contains("does not answer a new connection"), "{seen}");
+    // The first reconnect is not answered either; a later one is.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.hold_new(false);
+    wait_caught_up(&src, &tgt, LIMIT).await;
+    assert_eq!(digests(&src).await, digests(&tgt).await);
+    only_new_sessions().await;
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();
 }

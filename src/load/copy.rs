@@ -121,6 +121,7 @@ impl CopyError {
                 ConnError::Connect { source, .. } | ConnError::Setup { source, .. },
             ) => crate::pg::is_transient(source),
             CopyError::Conn(ConnError::Tls { .. }) => false,
+            CopyError::Conn(ConnError::Timeout { .. }) => true,
             CopyError::Sql(e) => e.is_transient(),
         }
     }

@@ -116,6 +116,11 @@ pub enum ConnError {
     },
     #[error("cannot set up TLS for {target}: {message}")]
     Tls { target: String, message: String },
+    #[error(
+        "cannot connect to {target}: no session within {secs:.0} s (connect_timeout): the \
+         connection was accepted and never answered"
+    )]
+    Timeout { target: String, secs: f64 },
 }
 
 impl ConnError {
@@ -129,6 +134,7 @@ impl ConnError {
                 crate::pg::is_transient(source) && !source.to_string().contains("TLS")
             }
             ConnError::Tls { .. } => false,
+            ConnError::Timeout { .. } => true,
         }
     }
 
@@ -140,6 +146,7 @@ impl ConnError {
                 source.as_db_error().is_some()
             }
             ConnError::Tls { .. } => true,
+            ConnError::Timeout { .. } => false,
         }
     }
 
@@ -167,6 +174,10 @@ impl ConnError {
             ConnError::Tls { .. } => {
                 "check sslmode and sslrootcert in the url (sslrootcert must be a PEM file)".into()
             }
+            ConnError::Timeout { .. } => "check that the server is up and answering, and what \
+                sits between it and pgcutover (a pooler whose pool is full, a firewall); raise \
+                connect_timeout in the url if it is only slow"
+                .into(),
         }
     }
 }
@@ -267,8 +278,22 @@ impl ConnInfo {
     }
 
     /// Open a SQL session with pgcutover's session settings. The connection task is spawned
-    /// on the runtime and ends when the client is dropped.
+    /// on the runtime and ends when the client is dropped. `connect_timeout` bounds it all,
+    /// as in libpq: tokio-postgres applies it to the TCP connection only, and a server (or a
+    /// pooler, a load balancer, a firewall) that accepts the connection and then never
+    /// answers would hold the caller for ever.
     pub async fn connect(&self, application_name: &str) -> Result<Client, ConnError> {
+        tokio::time::timeout(self.connect_timeout, self.open_session(application_name))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ConnError::Timeout {
+                    target: self.to_string(),
+                    secs: self.connect_timeout.as_secs_f64(),
+                })
+            })
+    }
+
+    async fn open_session(&self, application_name: &str) -> Result<Client, ConnError> {
         let cfg = self.pg_config(application_name);
         let connect_err = |source| ConnError::Connect {
             target: self.to_string(),

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pgcutover::config::Config;
@@ -441,10 +442,13 @@ pub fn start_writer(
 /// A TCP proxy on 127.0.0.1 in front of a server's port, whose connections can be made to go
 /// silent the way a firewall or NAT gateway that forgot them does: they stay open, carry
 /// nothing more either way, and no end ever arrives (what each side sends is read and
-/// dropped). Connections made afterwards work. Everything ends when the proxy is dropped.
+/// dropped). Connections made afterwards work, unless new ones are held too (accepted, and
+/// never answered, as behind a firewall that drops everything). Everything ends when the
+/// proxy is dropped.
 pub struct Proxy {
     pub port: u16,
     epoch: tokio::sync::watch::Sender<u64>,
+    hold: Arc<std::sync::atomic::AtomicBool>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -453,9 +457,18 @@ impl Proxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let (epoch, epoch_rx) = tokio::sync::watch::channel(0u64);
+        let hold = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let holding = hold.clone();
         let accept = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             while let Ok((client, _)) = listener.accept().await {
+                if holding.load(std::sync::atomic::Ordering::SeqCst) {
+                    conns.spawn(async move {
+                        let _held = client;
+                        std::future::pending::<()>().await
+                    });
+                    continue;
+                }
                 let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
                 else {
                     continue;
@@ -470,6 +483,7 @@ impl Proxy {
         Proxy {
             port,
             epoch,
+            hold,
             accept,
         }
     }
@@ -477,6 +491,11 @@ impl Proxy {
     /// Every connection made so far goes silent.
     pub fn silence_existing(&self) {
         self.epoch.send_modify(|e| *e += 1);
+    }
+
+    /// New connections are accepted and never answered (`true`), or work again.
+    pub fn hold_new(&self, on: bool) {
+        self.hold.store(on, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
