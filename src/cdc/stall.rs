@@ -9,9 +9,12 @@
 //! waiting on a lock (see [`crate::pg::conn`]). Nor can the wait be timed on its own: an
 //! update may wait on an application's lock for minutes, or a large batch take that long.
 //!
-//! So each apply session records when pgcutover began waiting for the answer to one request
-//! ([`LaneWatch`]; a request waited for again later keeps its first time). Once the wait is
-//! older than `replication.receive_timeout`, [`watch`] asks the target, on a new connection,
+//! So each apply session records how long pgcutover has been waiting for the answer to one
+//! request ([`LaneWatch`]: a wait cancelled by another event and taken up again adds to it,
+//! the time in between does not count, since the answer may have come in unread then). It
+//! is measured where pgcutover waits, not on the socket: beneath TLS the bytes say nothing,
+//! and an answer to an earlier request says nothing of the one waited for. Once the wait is
+//! longer than `replication.receive_timeout`, [`watch`] asks the target, on a new connection,
 //! about that session's backend, twice, [`super::silence::gap`] apart. The verdict
 //! ([`judge`]) is *dead* when the backend is gone (the target ended it), when it is idle in
 //! both reads with the same `state_change` (it waits for pgcutover's next request while
