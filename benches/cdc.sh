@@ -22,7 +22,8 @@
 #
 # LIVE=0 / CATCHUP=0 leave out one half; WORKLOADS="bulk" (default "pgbench bulk") picks the
 # backlogs; BULK_STATE=fresh|vacuumed|asis sets the state of the target table the bulk backlog
-# meets (see bulk_state below).
+# meets (see bulk_state below); APPLY_SESSIONS sets pgcutover's replication.apply_sessions
+# (default 2).
 #
 # Reuses the shared harness (clusters, dataset, markers, workloads, lag sampler).
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -93,6 +94,7 @@ url = "postgres://postgres@127.0.0.1:$DST_PORT/$OURDB?sslmode=disable"
 [replication]
 migration_id = "bench"
 tables = ["public.*"]
+apply_sessions = ${APPLY_SESSIONS:-2}
 [api]
 listen = "127.0.0.1:0"
 [state]
