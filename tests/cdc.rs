@@ -2405,6 +2405,10 @@ async fn databases_read_only_and_serializable_by_default_still_migrate() {
     )
     .await
     .unwrap();
+    // pg_restore gets startup options only where they are needed (a pooler in front of
+    // the target might refuse them).
+    use pgcutover::load::schema::session_defaults_options;
+    assert_eq!(session_defaults_options(&tgt).await.unwrap(), None);
     for c in [&src, &tgt] {
         c.batch_execute(
             "ALTER DATABASE app SET default_transaction_read_only = on;
@@ -2413,6 +2417,8 @@ async fn databases_read_only_and_serializable_by_default_still_migrate() {
         .await
         .unwrap();
     }
+    let tgt = pair.tgt().await;
+    assert!(session_defaults_options(&tgt).await.unwrap().is_some());
     // The test's own sessions write as an application the fence does not hold.
     let writer = |c: Client| async move {
         c.batch_execute(

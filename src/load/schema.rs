@@ -180,7 +180,12 @@ pub async fn apply_pre_data(
         source,
     };
     // Bytes, not text: the script is in the dump's encoding and passes through unchanged.
-    let mut text = tokio::fs::read(&script).await.map_err(io)?;
+    // It runs in one transaction, read-write under read committed whatever the database's
+    // defaults (one set read-only keeps applications off the target until the switch, not
+    // the migration): first in the transaction, before any query.
+    let mut text =
+        b"SET TRANSACTION READ WRITE;\nSET TRANSACTION ISOLATION LEVEL READ COMMITTED;\n".to_vec();
+    text.extend(tokio::fs::read(&script).await.map_err(io)?);
     text.extend_from_slice(b"\n-- pgcutover: the schema and the record of it commit together\n");
     text.extend_from_slice(marker_sql.as_bytes());
     text.push(b'\n');
@@ -299,6 +304,38 @@ async fn existing_on_target(
     Ok(out)
 }
 
+/// Startup options that make a child's sessions read-write under read committed, when the
+/// target database (or role) starts them otherwise (`reset_val` is what a session starts
+/// with, before pgcutover's own settings); `None` when it does not, so that nothing is added
+/// that a connection pooler in front of the target might refuse.
+pub async fn session_defaults_options(target: &Client) -> Result<Option<String>, SchemaError> {
+    let rows = target
+        .query(
+            "SELECT name, reset_val FROM pg_catalog.pg_settings \
+              WHERE name IN ('default_transaction_read_only', 'default_transaction_isolation')",
+            &[],
+        )
+        .await
+        .map_err(|source| {
+            SchemaError::Sql(SqlError {
+                context: "reading the target's session defaults".into(),
+                source,
+            })
+        })?;
+    let differs = rows.iter().any(|r| {
+        let (name, value): (&str, &str) = (r.get(0), r.get(1));
+        match name {
+            "default_transaction_read_only" => value != "off",
+            _ => value != "read committed",
+        }
+    });
+    Ok(differs.then(|| {
+        "-c default_transaction_read_only=off \
+         -c default_transaction_isolation=read\\ committed"
+            .to_string()
+    }))
+}
+
 /// Restore the post-data section with `jobs` parallel jobs, skipping what already exists.
 /// Returns how many items were restored.
 pub async fn apply_post_data(
@@ -341,7 +378,11 @@ pub async fn apply_post_data(
     .arg(&list_path)
     .arg(format!("--dbname={}", target.libpq_conninfo()))
     .arg(archive);
-    run("pg_restore --section=post-data", with_conn(cmd, target)).await?;
+    let mut cmd = with_conn(cmd, target);
+    if let Some(options) = session_defaults_options(target_client).await? {
+        cmd.env("PGOPTIONS", options);
+    }
+    run("pg_restore --section=post-data", cmd).await?;
     Ok(todo.len())
 }
 

@@ -31,7 +31,8 @@ use crate::secret::Secret;
 /// source fenced for the drain) or serializable fences applications, not the migration; the
 /// apply's two sessions under serializable would pay for predicate locks and could fail each
 /// other. What must read a snapshot says so itself (`BEGIN ISOLATION LEVEL REPEATABLE READ
-/// READ ONLY`). Child processes get the same two through [`ConnInfo::child_env`].
+/// READ ONLY`). Child processes get the same two as they need them (see
+/// [`crate::load::schema`]).
 pub const SESSION_SETTINGS: &str = "SET DateStyle = 'ISO, YMD'; SET TimeZone = 'UTC'; \
      SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; SET bytea_output = 'hex'; \
      SET lc_monetary = 'C'; SET xmloption = content; SET row_security = off; \
@@ -349,19 +350,11 @@ impl ConnInfo {
         s
     }
 
-    /// Environment for a child process that connects with [`Self::libpq_conninfo`]. Its
-    /// sessions start read-write under read committed whatever the database's defaults say
-    /// (as [`SESSION_SETTINGS`]); pg_dump and pg_restore set the rest themselves.
+    /// Environment for a child process that connects with [`Self::libpq_conninfo`].
     pub fn child_env(&self) -> Vec<(String, String)> {
         let mut env = vec![
             ("PGAPPNAME".to_string(), "pgcutover".to_string()),
             ("PGCONNECT_TIMEOUT".to_string(), "10".to_string()),
-            (
-                "PGOPTIONS".to_string(),
-                "-c default_transaction_read_only=off \
-                 -c default_transaction_isolation=read\\ committed"
-                    .to_string(),
-            ),
         ];
         if let Some(p) = &self.password {
             env.push(("PGPASSWORD".to_string(), p.expose().to_string()));
