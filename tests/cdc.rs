@@ -851,6 +851,12 @@ async fn either_server_crashing_under_writes_loses_nothing() {
             applied().await > start
         })
         .await;
+        // The sessions commit synchronously until the target was seen to flush (the probe
+        // waits out its 3 s WAL writer after every restart).
+        wait_for(LIMIT, "asynchronous commits", || async {
+            get(addr, "/status").await.1["cdc"]["asynchronous_commits"] == true
+        })
+        .await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         // The writes pause and the apply catches up: its last commits are answered, and
         // (100 ms later) the stream could have confirmed them.
@@ -907,7 +913,7 @@ async fn the_apply_session_does_not_jit_compile_scans_it_cannot_index() {
     )
     .await
     .unwrap();
-    let applier = pgcutover::cdc::apply::Applier::new(vec![pair.tgt().await], "m")
+    let applier = pgcutover::cdc::apply::Applier::new(vec![pair.tgt().await], "m", None)
         .await
         .unwrap();
     // What a change to a REPLICA IDENTITY FULL table without an index runs: a scan costed
@@ -1175,7 +1181,7 @@ async fn a_batch_beside_a_refused_one_is_never_committed() {
     .await
     .unwrap();
     let mut applier =
-        pgcutover::cdc::apply::Applier::new(vec![pair.tgt().await, pair.tgt().await], "m")
+        pgcutover::cdc::apply::Applier::new(vec![pair.tgt().await, pair.tgt().await], "m", None)
             .await
             .unwrap();
     let col = |name: &str, key: bool| ColInfo {
@@ -1279,7 +1285,7 @@ async fn a_batch_touching_a_sealed_batch_never_waits_on_its_locks() {
         .await
         .unwrap();
     let mut applier =
-        pgcutover::cdc::apply::Applier::new(vec![pair.tgt().await, pair.tgt().await], "m")
+        pgcutover::cdc::apply::Applier::new(vec![pair.tgt().await, pair.tgt().await], "m", None)
             .await
             .unwrap();
     let col = |name: &str, key: bool| ColInfo {
@@ -1763,26 +1769,36 @@ async fn a_target_whose_flush_position_never_moves_gets_synchronous_commits() {
     let (addr, stop, server) = start_daemon(&pair, "").await;
     let tgt = pair.tgt().await;
     wait_caught_up(&src, &tgt, LIMIT).await;
-    src.batch_execute("INSERT INTO t SELECT g, 'x' FROM generate_series(1, 1000) g")
+    // Writes while the probe still waits for the flush, then after it gave up (5 s).
+    for (round, from) in [(0, 1), (1, 1001)] {
+        if round == 1 {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+        }
+        src.batch_execute(&format!(
+            "INSERT INTO t SELECT g, 'x' FROM generate_series({from}, {from} + 999) g"
+        ))
         .await
         .unwrap();
-    let written = source_lsn(&src).await;
-    wait_caught_up(&src, &tgt, LIMIT).await;
-    wait_for(
-        LIMIT,
-        "the slot to be confirmed past the writes",
-        || async {
-            src.query_one(
-                "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots",
-                &[&written],
-            )
-            .await
-            .unwrap()
-            .get(0)
-        },
-    )
-    .await;
-    assert_eq!(get(addr, "/status").await.1["stage"], "cdc");
+        let written = source_lsn(&src).await;
+        wait_caught_up(&src, &tgt, LIMIT).await;
+        wait_for(
+            LIMIT,
+            "the slot to be confirmed past the writes",
+            || async {
+                src.query_one(
+                    "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots",
+                    &[&written],
+                )
+                .await
+                .unwrap()
+                .get(0)
+            },
+        )
+        .await;
+    }
+    let (_, status) = get(addr, "/status").await;
+    assert_eq!(status["stage"], "cdc");
+    assert_eq!(status["cdc"]["asynchronous_commits"], false, "{status}");
     assert_same(&pair).await;
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
@@ -1805,7 +1821,7 @@ async fn statements_of_an_older_shape_of_a_table_are_freed() {
     tgt.batch_execute("CREATE TABLE public.wide (id int PRIMARY KEY, v int NOT NULL)")
         .await
         .unwrap();
-    let mut applier = pgcutover::cdc::apply::Applier::new(vec![pair.tgt().await], "m")
+    let mut applier = pgcutover::cdc::apply::Applier::new(vec![pair.tgt().await], "m", None)
         .await
         .unwrap();
     let shape = |generation: u64| {

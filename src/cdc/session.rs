@@ -142,7 +142,7 @@ impl<'a> Session<'a> {
         for _ in 0..cfg.replication.apply_sessions {
             targets.push(cfg.target.connect("pgcutover-apply").await?);
         }
-        let applier = Applier::new(targets, id).await?;
+        let applier = Applier::new(targets, id, Some(cfg.target.clone())).await?;
         if !stale.is_empty() {
             stall::end_stale(applier.client(), stale).await;
         }

@@ -151,6 +151,12 @@ pub struct CdcView {
     pub batches_beside: u64,
     /// Updates and deletes whose row was not on the target (a sign of writes to the target).
     pub missing_rows: u64,
+    /// Whether the last batch committed asynchronously on the target (confirmed to the source
+    /// once the target had flushed it), or waited for the target's disk: sessions start
+    /// synchronous and switch once the target is seen to flush (see
+    /// [`crate::cdc::apply::Applier::new`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub asynchronous_commits: Option<bool>,
     /// Heartbeat latency over the last heartbeats (up to 10 minutes).
     pub lag_p50_seconds: Option<f64>,
     pub lag_p99_seconds: Option<f64>,
@@ -493,6 +499,7 @@ impl StatusBoard {
         c.transactions_applied += batch.transactions;
         c.batches_beside += u64::from(batch.beside);
         c.missing_rows += batch.missing_rows;
+        c.asynchronous_commits = Some(batch.target_lsn > Lsn::ZERO);
     }
 
     /// Everything up to `lsn` is processed (nothing of ours was there to apply).

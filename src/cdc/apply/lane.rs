@@ -15,8 +15,60 @@ use crate::cdc::relation::RelInfo;
 use crate::cdc::stall::{Backend, LaneWatch, WaitGuard};
 use crate::pg::{Lsn, SqlError};
 
-/// How long [`Lane::flush_moves`] waits for the target to flush a commit.
+/// How long [`flush_moves`] waits for the target to flush a commit.
 pub(super) const FLUSH_PROBE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The target's WAL insert and flush positions.
+const POSITIONS_SQL: &str = "SELECT pg_catalog.pg_current_wal_insert_lsn()::text, \
+                                    pg_catalog.pg_current_wal_flush_lsn()::text";
+
+/// Whether the target's WAL flush position reaches an asynchronous commit made now, within
+/// [`FLUSH_PROBE`], asked on a session of its own (`client`, from
+/// [`crate::pg::conn::ConnInfo::connect`], closed after). PostgreSQL flushes an asynchronous
+/// commit within three `wal_writer_delay`s; a server that reports a flush position that never
+/// moves (a PostgreSQL-compatible service can) would hold every confirmation to the source
+/// back, and the source would keep its WAL without end. The apply does not wait for the
+/// answer (up to `wal_writer_delay`, 200 ms by default, on every start and reconnect): its
+/// sessions commit synchronously until the answer is yes.
+pub(super) async fn flush_moves(client: Client) -> bool {
+    let probe = async {
+        client
+            .batch_execute("SET synchronous_commit = off")
+            .await
+            .ok()?;
+        let positions = client.prepare(POSITIONS_SQL).await.ok()?;
+        let read = |i: usize| {
+            let (client, positions) = (&client, &positions);
+            async move {
+                let row = client.query_one(positions, &[]).await.ok()?;
+                row.get::<_, String>(i).parse::<Lsn>().ok()
+            }
+        };
+        // Everything written so far, then an asynchronous commit of nothing (an xid makes the
+        // transaction write a commit record), which the server flushes, with all before it,
+        // even if nothing else happens. (The position after it could include other sessions'
+        // WAL that an idle server leaves unflushed.)
+        let written = read(0).await?;
+        client
+            .batch_execute("SELECT pg_catalog.txid_current()")
+            .await
+            .ok()?;
+        let deadline = tokio::time::Instant::now() + FLUSH_PROBE;
+        while tokio::time::Instant::now() < deadline {
+            match read(1).await? {
+                flushed if flushed >= written && flushed > Lsn::ZERO => return Some(true),
+                _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
+        Some(false)
+    };
+    // A server that stops answering is not waited for beyond the probe's own time.
+    tokio::time::timeout(FLUSH_PROBE * 2, probe)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
 
 /// What a statement is about: the rows it must touch (updates and deletes; 0 for the rest)
 /// and the tables it changes, named in errors and warnings.
@@ -64,9 +116,16 @@ pub(super) struct Lane {
     pub(super) begin: Statement,
     pub(super) commit: Statement,
     pub(super) progress: Statement,
-    /// `pg_current_wal_insert_lsn(), pg_current_wal_flush_lsn()`; `None` when the target does
-    /// not offer them, and then commits are synchronous.
+    /// The target's WAL insert and flush positions ([`POSITIONS_SQL`]), read after each
+    /// commit once this session commits asynchronously; `None` while its commits are
+    /// synchronous (durable once answered).
     pub(super) wal_positions: Option<Statement>,
+    /// The same statement, prepared when the session opened; `None` when the target does not
+    /// offer those functions, and then commits stay synchronous.
+    pub(super) positions: Option<Statement>,
+    /// Commits become asynchronous at this session's next batch (see
+    /// [`super::Applier::asynchronous_commits`]).
+    pub(super) go_async: bool,
     pub(super) inflight: VecDeque<InFlight>,
     /// A transaction is open on this session (BEGIN sent, its COMMIT not answered).
     pub(super) open: bool,
@@ -121,57 +180,6 @@ impl Lane {
         }
     }
 
-    /// Whether the target's WAL flush position reaches a commit made now, within
-    /// [`FLUSH_PROBE`]. PostgreSQL flushes an asynchronous commit within three
-    /// `wal_writer_delay`s; a server that reports a flush position that never moves (a
-    /// PostgreSQL-compatible service can) would hold every confirmation to the source back,
-    /// and the source would keep its WAL without end.
-    pub(super) async fn flush_moves(&self) -> bool {
-        let Some(positions) = &self.wal_positions else {
-            return false;
-        };
-        let read = |i: usize| async move {
-            let row = self.client.query_one(positions, &[]).await.ok()?;
-            row.get::<_, String>(i).parse::<Lsn>().ok()
-        };
-        // Everything written so far, then an asynchronous commit of nothing (an xid makes the
-        // transaction write a commit record), which the server flushes, with all before it,
-        // even if nothing else happens. (The position after it could include other sessions'
-        // WAL that an idle server leaves unflushed.)
-        let Some(written) = read(0).await else {
-            return false;
-        };
-        if self
-            .client
-            .batch_execute("SELECT pg_catalog.txid_current()")
-            .await
-            .is_err()
-        {
-            return false;
-        }
-        let deadline = tokio::time::Instant::now() + FLUSH_PROBE;
-        while tokio::time::Instant::now() < deadline {
-            match read(1).await {
-                Some(flushed) if flushed >= written && flushed > Lsn::ZERO => return true,
-                Some(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-                None => return false,
-            }
-        }
-        false
-    }
-
-    /// From now on, commits wait for the target's disk, and are durable once answered.
-    pub(super) async fn commit_synchronously(&mut self) -> Result<(), SqlError> {
-        self.wal_positions = None;
-        self.client
-            .batch_execute("SET synchronous_commit = on")
-            .await
-            .map_err(|source| SqlError {
-                context: "setting synchronous_commit = on on the target".into(),
-                source,
-            })
-    }
-
     /// Prepare a session. The client must come from [`crate::pg::conn::ConnInfo::connect`].
     pub(super) async fn open(client: Client) -> Result<Lane, SqlError> {
         let ctx = |what: &'static str| {
@@ -213,16 +221,11 @@ impl Lane {
             .await
             .map_err(ctx("preparing the progress update"))?;
         // Commits need not wait for the target's disk: the position confirmed to the source
-        // waits instead, until the target reports the commit flushed (like PostgreSQL's own
-        // apply worker). Where the target hides its WAL positions, or they do not move (see
-        // `Lane::flush_moves`), commits are synchronous.
-        let wal_positions = match client
-            .prepare(
-                "SELECT pg_catalog.pg_current_wal_insert_lsn()::text, \
-                        pg_catalog.pg_current_wal_flush_lsn()::text",
-            )
-            .await
-        {
+        // can wait instead, until the target reports the commit flushed (like PostgreSQL's own
+        // apply worker). The session starts synchronous (whatever the database's default) and
+        // switches once [`flush_moves`] has seen the flush position follow a commit; where the
+        // target hides its WAL positions, commits stay synchronous.
+        let positions = match client.prepare(POSITIONS_SQL).await {
             Ok(stmt) if client.query_one(&stmt, &[]).await.is_ok() => Some(stmt),
             _ => {
                 tracing::info!(
@@ -243,9 +246,8 @@ impl Lane {
             pid: backend.get(0),
             started: backend.get(1),
         });
-        let sync = if wal_positions.is_some() { "off" } else { "on" };
         client
-            .batch_execute(&format!("SET synchronous_commit = {sync}"))
+            .batch_execute("SET synchronous_commit = on")
             .await
             .map_err(ctx("setting synchronous_commit on the target"))?;
         Ok(Lane {
@@ -253,7 +255,9 @@ impl Lane {
             begin,
             commit,
             progress,
-            wal_positions,
+            wal_positions: None,
+            positions,
+            go_async: false,
             inflight: VecDeque::new(),
             open: false,
             commits: 0,

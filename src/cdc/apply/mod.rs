@@ -94,6 +94,7 @@ use super::coalesce::{Buffer, Writeset};
 use super::decode::{OldKind, Tuple};
 use super::relation::RelInfo;
 use super::stall::{LaneWatch, WaitGuard};
+use crate::pg::conn::ConnInfo;
 use crate::pg::{Lsn, SqlError};
 use lane::{EndsCommit, Lane, Pending, Subject};
 use send::Run;
@@ -200,6 +201,17 @@ pub struct Applier {
     /// Batches whose commit was answered since the caller last heard of them.
     done: Vec<Committed>,
     batch: Committed,
+    /// The probe of the target's flush position ([`lane::flush_moves`]), until its answer is
+    /// taken.
+    probe: Option<tokio::task::JoinHandle<bool>>,
+}
+
+impl Drop for Applier {
+    fn drop(&mut self) {
+        if let Some(probe) = &self.probe {
+            probe.abort();
+        }
+    }
 }
 
 /// A batch whose statements are sent and whose COMMIT waits for the one in flight.
@@ -210,24 +222,34 @@ struct Sealed {
 }
 
 impl Applier {
-    /// Prepare the sessions (one or more). The clients must come from
-    /// [`crate::pg::conn::ConnInfo::connect`].
-    pub async fn new(clients: Vec<Client>, migration_id: &str) -> Result<Applier, SqlError> {
+    /// Prepare the sessions (one or more), and, given the target's address, ask it in the
+    /// background, on a session of its own, whether commits can be asynchronous (see
+    /// [`Applier::asynchronous_commits`]); without it they stay synchronous. The clients must
+    /// come from [`crate::pg::conn::ConnInfo::connect`].
+    pub async fn new(
+        clients: Vec<Client>,
+        migration_id: &str,
+        probe: Option<ConnInfo>,
+    ) -> Result<Applier, SqlError> {
         let mut lanes = Vec::with_capacity(clients.len());
         for c in clients {
             lanes.push(Lane::open(c).await?);
         }
         assert!(!lanes.is_empty(), "the apply needs a target session");
-        if lanes[0].wal_positions.is_some() && !lanes[0].flush_moves().await {
-            tracing::warn!(
-                "the target's WAL flush position did not reach a commit within {} s; \
-                 commits are synchronous",
-                lane::FLUSH_PROBE.as_secs()
-            );
-            for lane in &mut lanes {
-                lane.commit_synchronously().await?;
-            }
-        }
+        let probe = probe
+            .filter(|_| lanes.iter().all(|l| l.positions.is_some()))
+            .map(|target| {
+                tokio::spawn(async move {
+                    match target.connect("pgcutover-probe").await {
+                        Ok(client) => lane::flush_moves(client).await,
+                        Err(e) => {
+                            tracing::info!(error = %e, "could not ask the target whether it \
+                                flushes asynchronous commits; commits stay synchronous");
+                            false
+                        }
+                    }
+                })
+            });
         Ok(Applier {
             lanes,
             migration_id: migration_id.to_string(),
@@ -241,6 +263,7 @@ impl Applier {
             sealed: None,
             done: Vec::new(),
             batch: Committed::default(),
+            probe,
         })
     }
 
@@ -550,6 +573,7 @@ impl Applier {
                 };
                 self.lane = Some(lane);
                 self.lanes[lane].open = true;
+                self.asynchronous_commits(lane).await?;
                 let stmt = self.lanes[lane].begin.clone();
                 self.send(move |c| async move { c.execute(&stmt, &[]).await }, None)
                     .await
@@ -557,6 +581,49 @@ impl Applier {
             Some(lane) if conflict && lane != self.last_lane => self.settle_last_commit().await,
             Some(_) => Ok(()),
         }
+    }
+
+    /// Commits start synchronous on every session: durable once answered, so the position of
+    /// a batch is confirmed to the source as soon as its commit is answered. Once the probe
+    /// started by [`Applier::new`] has seen the target's flush position follow a commit, each
+    /// session's commits become asynchronous from its next batch on (`lane`, about to begin
+    /// one): a `SET` sent before its BEGIN, outside any transaction, so no rollback undoes
+    /// it, and from then on each of its commits is followed by a read of the target's WAL
+    /// positions, and confirmed to the source only once the target has flushed it. (A
+    /// synchronous commit answered after asynchronous ones is confirmed after them, in order.)
+    async fn asynchronous_commits(&mut self, lane: usize) -> Result<(), ApplyError> {
+        if self.probe.as_ref().is_some_and(|p| p.is_finished()) {
+            use futures_util::FutureExt;
+            let moves = self
+                .probe
+                .take()
+                .and_then(|p| p.now_or_never())
+                .is_some_and(|answer| answer.unwrap_or(false));
+            if moves {
+                for l in &mut self.lanes {
+                    l.go_async = true;
+                }
+            } else {
+                tracing::warn!(
+                    "the target's WAL flush position was not seen to reach a commit (within \
+                     {} s); commits stay synchronous",
+                    lane::FLUSH_PROBE.as_secs()
+                );
+            }
+        }
+        if std::mem::take(&mut self.lanes[lane].go_async) {
+            self.lanes[lane].wal_positions = self.lanes[lane].positions.clone();
+            self.send(
+                |c| async move {
+                    c.batch_execute("SET synchronous_commit = off")
+                        .await
+                        .map(|()| 0)
+                },
+                None,
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// Wait for the answer to the last commit sent (an error in its batch comes out here),
