@@ -211,3 +211,52 @@ fn a_bad_config_file_lists_every_problem_and_exits_2() {
     }
     assert!(!err.contains("supersecret"), "password leaked: {err}");
 }
+
+/// A connection pooler in transaction mode in front of either side is refused before anything
+/// is changed (its sessions would share server backends between transactions, and lose
+/// `session_replication_role`, prepared statements and the copy's snapshot on the way); one in
+/// session mode passes the check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_pooler_in_front_of_either_side_is_refused() {
+    let pair = Pair::start().await;
+    pair.src()
+        .await
+        .batch_execute("CREATE TABLE ok (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let (src_pool, tgt_pool) = (
+        Pooler::start(&pair.source, "transaction").await,
+        Pooler::start(&pair.target, "transaction").await,
+    );
+    let through = |source: &str, target: &str| {
+        let toml = pair
+            .toml("")
+            .replacen(&pair.source.url("app"), source, 1)
+            .replacen(&pair.target.url("app"), target, 1);
+        pgcutover::config::Config::from_parts(&toml, &pair.env(), pair.state.path()).unwrap()
+    };
+    let cfg = through(&src_pool.url("app"), &tgt_pool.url("app"));
+    let text = refused(
+        &pair,
+        cfg,
+        "two sessions to the source were served by one server backend",
+    )
+    .await;
+    assert!(
+        text.contains("two sessions to the target were served by one server backend")
+            && text.contains("pool_mode = transaction")
+            && text.contains("session mode"),
+        "{text}"
+    );
+    // The target alone behind it.
+    let cfg = through(&pair.source.url("app"), &tgt_pool.url("app"));
+    let text = refused(&pair, cfg, "two sessions to the target").await;
+    assert!(!text.contains("to the source"), "{text}");
+
+    // In session mode every session has a backend of its own: the check passes.
+    let session_pool = Pooler::start(&pair.target, "session").await;
+    let cfg = through(&pair.source.url("app"), &session_pool.url("app"));
+    pgcutover::load::preflight::check(&cfg)
+        .await
+        .expect("a session-mode pool passes the preflight");
+}

@@ -531,3 +531,103 @@ async fn pump(
         }
     }
 }
+
+/// PgBouncer in front of a cluster's databases, in the given `pool_mode`, with its own
+/// configuration in a temporary directory (`.ci/run` installs it). Clients connect to `port`
+/// as `postgres` without a password; PgBouncer logs in to the server with the cluster's.
+/// Stopped when dropped.
+pub struct Pooler {
+    pub port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Pooler {
+    pub async fn start(cluster: &TempCluster, pool_mode: &str) -> Pooler {
+        use std::os::unix::process::CommandExt;
+        let binary = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("pgbouncer is installed (.ci/run installs it)");
+        // PgBouncer refuses to run as root: as root, it runs as the postgres OS user.
+        let ids = |flag: &str| -> Option<u32> {
+            let out = std::process::Command::new("id")
+                .args([flag, "postgres"])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+        };
+        let run_as =
+            (unsafe { libc::geteuid() } == 0).then(|| (ids("-u").unwrap(), ids("-g").unwrap()));
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        std::fs::write(path("users.txt"), "\"postgres\" \"\"\n").unwrap();
+        std::fs::write(
+            path("pgbouncer.ini"),
+            format!(
+                "[databases]\n* = host=127.0.0.1 port={} user=postgres password={}\n\
+                 [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\n\
+                 unix_socket_dir =\nauth_type = trust\nauth_file = {}\npool_mode = {pool_mode}\n\
+                 logfile = {}\npidfile = {}\nmax_client_conn = 100\ndefault_pool_size = 10\n\
+                 ignore_startup_parameters = extra_float_digits, options\n",
+                cluster.port(),
+                cluster.password().expose(),
+                path("users.txt"),
+                path("pgbouncer.log"),
+                path("pgbouncer.pid"),
+            ),
+        )
+        .unwrap();
+        let mut cmd = std::process::Command::new(binary);
+        cmd.arg(path("pgbouncer.ini"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if let Some((uid, gid)) = run_as {
+            for entry in std::fs::read_dir(dir.path()).unwrap() {
+                std::os::unix::fs::chown(entry.unwrap().path(), Some(uid), Some(gid)).unwrap();
+            }
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+            cmd.uid(uid).gid(gid);
+        }
+        let child = cmd.spawn().expect("start pgbouncer");
+        let pooler = Pooler {
+            port,
+            child,
+            _dir: dir,
+        };
+        let started = Instant::now();
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "pgbouncer did not listen on {port}: {}",
+                std::fs::read_to_string(pooler._dir.path().join("pgbouncer.log"))
+                    .unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        pooler
+    }
+
+    /// A URL of the database through the pooler (no password: the pooler trusts its clients).
+    pub fn url(&self, dbname: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{dbname}?sslmode=disable",
+            self.port
+        )
+    }
+}
+
+impl Drop for Pooler {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

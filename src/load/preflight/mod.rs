@@ -22,8 +22,8 @@ use crate::config::Config;
 use crate::pg::catalog::{self, Column, Selection};
 use crate::pg::{SqlContext, SqlError, TableName, server_major};
 use server::{
-    check_source_server, encoding, encoding_warning, in_recovery, target_version_problem,
-    version_problem,
+    check_source_server, encoding, encoding_warning, in_recovery, shares_backend,
+    target_version_problem, version_problem,
 };
 
 mod rls;
@@ -148,10 +148,37 @@ pub async fn check(cfg: &Config) -> Result<Facts, PreflightError> {
             ));
         }
     }
+    let standby = !problems.is_empty();
+    let mut passing = 0;
+    for (side, client, info) in [("source", &src, &cfg.source), ("target", &tgt, &cfg.target)] {
+        match shares_backend(client, info).await? {
+            Ok(false) => {}
+            Ok(true) => problems.push(problem(
+                format!(
+                    "two sessions to the {side} were served by one server backend: {side}.url \
+                     goes through a connection pooler in transaction or statement mode \
+                     (PgBouncer's pool_mode = transaction, or the like)"
+                ),
+                format!(
+                    "point {side}.url at the server itself, or at a pool in session mode: \
+                     pgcutover's sessions keep state between transactions \
+                     (session_replication_role, prepared statements, the copy's snapshot) \
+                     and need server connections of their own"
+                ),
+            )),
+            Err(e) => {
+                passing += usize::from(e.is_transient());
+                problems.push(problem(format!("{side}: a second session: {e}"), e.hint()));
+            }
+        }
+    }
     if !problems.is_empty() {
+        // Retried only when every problem is a second session that could not connect for a
+        // passing reason.
+        let transient = !standby && passing == problems.len();
         return Err(PreflightError {
             problems,
-            transient: false,
+            transient,
         });
     }
     let mut warnings = Vec::new();

@@ -52,6 +52,37 @@ pub(super) fn target_version_problem(
     })
 }
 
+/// Whether `first` (a session to `info`, open, between transactions) and a second session to
+/// the same address are served by one server backend. A connection pooler in transaction or
+/// statement mode (PgBouncer's `pool_mode = transaction`) hands a server connection to
+/// whichever client runs the next transaction, and, reusing the one used last (PgBouncer's
+/// default), gives the second session the backend the first one just left. pgcutover's
+/// sessions keep state from one transaction to the next (`session_replication_role`,
+/// prepared statements, the exported snapshot the copy reads), and a stalled apply session is
+/// ended by its backend's process id, which would then be another client's: they need server
+/// connections of their own, as a direct connection or a pool in session mode gives. (A
+/// pooler handing out its connections in turn may escape this check.)
+pub(super) async fn shares_backend(
+    first: &Client,
+    info: &crate::pg::conn::ConnInfo,
+) -> Result<Result<bool, crate::pg::conn::ConnError>, SqlError> {
+    const PID: &str = "SELECT pg_catalog.pg_backend_pid()";
+    let pid = |row: tokio_postgres::Row| row.get::<_, i32>(0);
+    let second = match info.connect("pgcutover").await {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mine = first
+        .query_one(PID, &[])
+        .await
+        .ctx(|| "reading the session's backend".into())?;
+    let other = second
+        .query_one(PID, &[])
+        .await
+        .ctx(|| "reading a second session's backend".into())?;
+    Ok(Ok(pid(mine) == pid(other)))
+}
+
 pub(super) async fn in_recovery(c: &Client) -> Result<bool, SqlError> {
     let row = c
         .query_one("SELECT pg_catalog.pg_is_in_recovery()", &[])
