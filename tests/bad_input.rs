@@ -215,7 +215,8 @@ fn a_bad_config_file_lists_every_problem_and_exits_2() {
 /// A connection pooler in transaction mode in front of either side is refused before anything
 /// is changed (its sessions would share server backends between transactions, and lose
 /// `session_replication_role`, prepared statements and the copy's snapshot on the way); one in
-/// session mode passes the check.
+/// session mode passes the check in front of the target, and in front of the source is
+/// refused for not passing replication connections on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_pooler_in_front_of_either_side_is_refused() {
     let pair = Pair::start().await;
@@ -259,4 +260,14 @@ async fn a_transaction_pooler_in_front_of_either_side_is_refused() {
     pgcutover::load::preflight::check(&cfg)
         .await
         .expect("a session-mode pool passes the preflight");
+
+    // In front of the source, this PgBouncer refuses the stream's replication connection:
+    // said before a publication or slot is created, with what to do.
+    let source_pool = Pooler::start(&pair.source, "session").await;
+    let cfg = through(&source_pool.url("app"), &pair.target.url("app"));
+    let text = refused(&pair, cfg, "the source refuses a replication connection").await;
+    assert!(
+        text.contains("does not pass replication connections") && text.contains("source.url"),
+        "{text}"
+    );
 }

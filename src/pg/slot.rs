@@ -86,6 +86,45 @@ pub(crate) const REPLICATION_OPTIONS: &str = "-c idle_in_transaction_session_tim
      -c datestyle=ISO,YMD -c intervalstyle=postgres -c extra_float_digits=3 \
      -c bytea_output=hex -c timezone=UTC -c lc_monetary=C";
 
+/// Whether the source takes a replication connection as the stream will open it: a gated
+/// session that runs `IDENTIFY_SYSTEM` (read-only) and ends. A connection that works for SQL
+/// can still be refused there: by `pg_hba.conf`, or by a connection pooler that does not pass
+/// replication connections on (PgBouncer before 1.23). The error, and what to do about it.
+pub async fn replication_refusal(conn: &ConnInfo) -> Option<(String, String)> {
+    let probe = async {
+        let mut session = ReplicationClient::connect_gated(replication_config(conn, "unused"))
+            .await
+            .map_err(|e| e.to_string())?;
+        session
+            .identify_system()
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let message = match tokio::time::timeout(conn.connect_timeout * 2, probe).await {
+        Ok(Ok(())) => return None,
+        Ok(Err(message)) => message,
+        Err(_) => format!(
+            "no answer within {} s",
+            (conn.connect_timeout * 2).as_secs()
+        ),
+    };
+    let hint = if message.contains("unsupported startup parameter") {
+        "source.url goes through a connection pooler that does not pass replication \
+         connections on (PgBouncer before 1.23): point source.url at the server itself (the \
+         stream and the copy's snapshot need a session of their own there)"
+    } else if message.contains("pg_hba.conf") {
+        "the source's pg_hba.conf must allow this role a replication connection to the \
+         database (for logical replication, a line for the database, not the `replication` \
+         keyword, covers it)"
+    } else {
+        "the role needs the REPLICATION attribute (or rds_replication on RDS/Aurora), the \
+         source a free WAL sender, and anything between them must pass replication \
+         connections on"
+    };
+    Some((message, hint.into()))
+}
+
 /// Create a logical slot (pgoutput) and export its snapshot. A `temporary` slot is dropped by
 /// the server when the session ends.
 pub async fn create_slot_with_snapshot(

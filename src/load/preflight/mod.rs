@@ -196,6 +196,14 @@ pub async fn check(cfg: &Config) -> Result<Facts, PreflightError> {
     let (source_encoding, target_encoding) = (encoding(&src).await?, encoding(&tgt).await?);
     warnings.extend(encoding_warning(&source_encoding, &target_encoding));
     let block_size = check_source_server(&src, &mut problems, &mut warnings).await?;
+    if problems.is_empty()
+        && let Some((error, hint)) = crate::pg::slot::replication_refusal(&cfg.source).await
+    {
+        problems.push(problem(
+            format!("the source refuses a replication connection: {error}"),
+            hint,
+        ));
+    }
     let resume = progress::read_migration(&tgt, cfg.replication.migration_id.as_str()).await?;
     let resuming = resume.as_ref().is_some_and(|m| m.slot_lsn.is_some());
 
