@@ -249,6 +249,23 @@ async fn a_transaction_pooler_in_front_of_either_side_is_refused() {
             && text.contains("session mode"),
         "{text}"
     );
+    // The check changed no setting on the pools' server connections, which their other
+    // clients get next (PgBouncer gives out the one used last).
+    for pool in [&src_pool, &tgt_pool] {
+        let app = pgcutover::pg::conn::ConnInfo::parse(&pool.url("app"))
+            .unwrap()
+            .connect_plain("app")
+            .await
+            .unwrap();
+        for (setting, default) in [("row_security", "on"), ("extra_float_digits", "1")] {
+            let got: String = app
+                .query_one(&format!("SHOW {setting}"), &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(got, default, "{setting} left on a pooled server connection");
+        }
+    }
     // The target alone behind it.
     let cfg = through(&pair.source.url("app"), &tgt_pool.url("app"));
     let text = refused(&pair, cfg, "two sessions to the target").await;

@@ -155,6 +155,8 @@ const SLOT_WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// so a long load is when it holds the most: its state (retained WAL, `wal_status`) is read
 /// into `/status` every 5 s from the moment it exists.
 pub async fn run(cfg: &Config, status: Arc<StatusBoard>) -> Result<LoadOutcome, LoadError> {
+    status.set_stage(Stage::Preflight);
+    preflight::no_transaction_pooler(cfg).await?;
     let slot = cfg.replication.migration_id.slot_name();
     let watch = slot::watch_slot(&cfg.source, &slot, SLOT_WATCH_EVERY, |s| {
         status.slot_state(s)

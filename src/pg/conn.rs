@@ -284,17 +284,40 @@ impl ConnInfo {
     /// pooler, a load balancer, a firewall) that accepts the connection and then never
     /// answers would hold the caller for ever.
     pub async fn connect(&self, application_name: &str) -> Result<Client, ConnError> {
-        tokio::time::timeout(self.connect_timeout, self.open_session(application_name))
-            .await
-            .unwrap_or_else(|_| {
-                Err(ConnError::Timeout {
-                    target: self.to_string(),
-                    secs: self.connect_timeout.as_secs_f64(),
-                })
-            })
+        self.connect_with(application_name, true).await
     }
 
-    async fn open_session(&self, application_name: &str) -> Result<Client, ConnError> {
+    /// A session without pgcutover's session settings, for a check that must leave the
+    /// server connection as it found it: behind a connection pooler in transaction mode, a
+    /// `SET` would stay on a server connection that the pooler then hands to its other
+    /// clients.
+    pub async fn connect_plain(&self, application_name: &str) -> Result<Client, ConnError> {
+        self.connect_with(application_name, false).await
+    }
+
+    async fn connect_with(
+        &self,
+        application_name: &str,
+        settings: bool,
+    ) -> Result<Client, ConnError> {
+        tokio::time::timeout(
+            self.connect_timeout,
+            self.open_session(application_name, settings),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(ConnError::Timeout {
+                target: self.to_string(),
+                secs: self.connect_timeout.as_secs_f64(),
+            })
+        })
+    }
+
+    async fn open_session(
+        &self,
+        application_name: &str,
+        settings: bool,
+    ) -> Result<Client, ConnError> {
         let cfg = self.pg_config(application_name);
         let connect_err = |source| ConnError::Connect {
             target: self.to_string(),
@@ -321,13 +344,15 @@ impl ConnInfo {
             });
             client
         };
-        client
-            .batch_execute(SESSION_SETTINGS)
-            .await
-            .map_err(|source| ConnError::Setup {
-                target: self.to_string(),
-                source,
-            })?;
+        if settings {
+            client
+                .batch_execute(SESSION_SETTINGS)
+                .await
+                .map_err(|source| ConnError::Setup {
+                    target: self.to_string(),
+                    source,
+                })?;
+        }
         Ok(client)
     }
 

@@ -99,6 +99,40 @@ fn some_names<'a>(names: impl Iterator<Item = &'a TableName>) -> String {
     }
 }
 
+/// Refuse a connection pooler in transaction or statement mode in front of either side (see
+/// [`server::shares_backend`]). Runs before any other session of pgcutover's opens, so that
+/// nothing it sets stays on a pooled server connection and nothing else's queries move the
+/// pooler's choice of connection between the check's two.
+pub async fn no_transaction_pooler(cfg: &Config) -> Result<(), PreflightError> {
+    let mut problems = Vec::new();
+    let pooled = tokio::join!(shares_backend(&cfg.source), shares_backend(&cfg.target));
+    for (side, pooled) in [("source", pooled.0), ("target", pooled.1)] {
+        if pooled == Some(true) {
+            problems.push(problem(
+                format!(
+                    "two sessions to the {side} were served by one server backend: {side}.url \
+                     goes through a connection pooler in transaction or statement mode \
+                     (PgBouncer's pool_mode = transaction, or the like)"
+                ),
+                format!(
+                    "point {side}.url at the server itself, or at a pool in session mode: \
+                     pgcutover's sessions keep state between transactions \
+                     (session_replication_role, prepared statements, the copy's snapshot, \
+                     their settings) and need server connections of their own"
+                ),
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(PreflightError {
+            problems,
+            transient: false,
+        })
+    }
+}
+
 pub async fn check(cfg: &Config) -> Result<Facts, PreflightError> {
     let mut problems = Vec::new();
     let (src, tgt) = tokio::join!(
@@ -148,37 +182,10 @@ pub async fn check(cfg: &Config) -> Result<Facts, PreflightError> {
             ));
         }
     }
-    let standby = !problems.is_empty();
-    let mut passing = 0;
-    for (side, client, info) in [("source", &src, &cfg.source), ("target", &tgt, &cfg.target)] {
-        match shares_backend(client, info).await? {
-            Ok(false) => {}
-            Ok(true) => problems.push(problem(
-                format!(
-                    "two sessions to the {side} were served by one server backend: {side}.url \
-                     goes through a connection pooler in transaction or statement mode \
-                     (PgBouncer's pool_mode = transaction, or the like)"
-                ),
-                format!(
-                    "point {side}.url at the server itself, or at a pool in session mode: \
-                     pgcutover's sessions keep state between transactions \
-                     (session_replication_role, prepared statements, the copy's snapshot) \
-                     and need server connections of their own"
-                ),
-            )),
-            Err(e) => {
-                passing += usize::from(e.is_transient());
-                problems.push(problem(format!("{side}: a second session: {e}"), e.hint()));
-            }
-        }
-    }
     if !problems.is_empty() {
-        // Retried only when every problem is a second session that could not connect for a
-        // passing reason.
-        let transient = !standby && passing == problems.len();
         return Err(PreflightError {
             problems,
-            transient,
+            transient: false,
         });
     }
     let mut warnings = Vec::new();

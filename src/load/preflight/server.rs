@@ -52,35 +52,38 @@ pub(super) fn target_version_problem(
     })
 }
 
-/// Whether `first` (a session to `info`, open, between transactions) and a second session to
-/// the same address are served by one server backend. A connection pooler in transaction or
-/// statement mode (PgBouncer's `pool_mode = transaction`) hands a server connection to
-/// whichever client runs the next transaction, and, reusing the one used last (PgBouncer's
-/// default), gives the second session the backend the first one just left. pgcutover's
-/// sessions keep state from one transaction to the next (`session_replication_role`,
-/// prepared statements, the exported snapshot the copy reads), and a stalled apply session is
-/// ended by its backend's process id, which would then be another client's: they need server
-/// connections of their own, as a direct connection or a pool in session mode gives. (A
-/// pooler handing out its connections in turn may escape this check.)
-pub(super) async fn shares_backend(
-    first: &Client,
-    info: &crate::pg::conn::ConnInfo,
-) -> Result<Result<bool, crate::pg::conn::ConnError>, SqlError> {
-    const PID: &str = "SELECT pg_catalog.pg_backend_pid()";
-    let pid = |row: tokio_postgres::Row| row.get::<_, i32>(0);
-    let second = match info.connect("pgcutover").await {
-        Ok(c) => c,
-        Err(e) => return Ok(Err(e)),
-    };
-    let mine = first
-        .query_one(PID, &[])
-        .await
-        .ctx(|| "reading the session's backend".into())?;
-    let other = second
-        .query_one(PID, &[])
-        .await
-        .ctx(|| "reading a second session's backend".into())?;
-    Ok(Ok(pid(mine) == pid(other)))
+/// Whether two sessions to `info` are served by one server backend; `None` when a session
+/// cannot be opened (the preflight's own connection then says why). A connection pooler in
+/// transaction or statement mode (PgBouncer's `pool_mode = transaction`) hands a server
+/// connection to whichever client runs the next transaction and, reusing the one used last
+/// (PgBouncer's default), gives the second session the backend the first one just left.
+/// pgcutover's sessions keep state from one transaction to the next
+/// (`session_replication_role`, prepared statements, the exported snapshot the copy reads,
+/// [`crate::pg::conn::SESSION_SETTINGS`]), which such a pool would lose, or hand on to its
+/// other clients, and a stalled apply session is ended by its backend's process id, which
+/// would then be another client's. So this runs before any session of pgcutover's, on
+/// sessions that change no setting. (A pooler handing out its connections in turn may escape
+/// it.)
+pub(super) async fn shares_backend(info: &crate::pg::conn::ConnInfo) -> Option<bool> {
+    // One simple query each: a statement prepared in one round trip and run in the next
+    // could meet two server connections, and fail.
+    async fn backend(c: &Client) -> Option<String> {
+        c.simple_query("SELECT pg_catalog.pg_backend_pid()")
+            .await
+            .ok()?
+            .into_iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+                _ => None,
+            })
+    }
+    // The first session stays open (a direct connection keeps its backend) while the
+    // second one asks, right after the first one's transaction ended.
+    let first = info.connect_plain("pgcutover").await.ok()?;
+    let mine = backend(&first).await?;
+    let second = info.connect_plain("pgcutover").await.ok()?;
+    let other = backend(&second).await?;
+    Some(mine == other)
 }
 
 pub(super) async fn in_recovery(c: &Client) -> Result<bool, SqlError> {
