@@ -110,9 +110,9 @@ pub async fn no_transaction_pooler(cfg: &Config) -> Result<(), PreflightError> {
         if pooled == Some(true) {
             problems.push(problem(
                 format!(
-                    "two sessions to the {side} were served by one server backend: {side}.url \
-                     goes through a connection pooler in transaction or statement mode \
-                     (PgBouncer's pool_mode = transaction, or the like)"
+                    "sessions to the {side} do not keep a server backend of their own: \
+                     {side}.url goes through a connection pooler in transaction or statement \
+                     mode (PgBouncer's pool_mode = transaction, or the like)"
                 ),
                 format!(
                     "point {side}.url at the server itself, or at a pool in session mode: \

@@ -52,18 +52,19 @@ pub(super) fn target_version_problem(
     })
 }
 
-/// Whether two sessions to `info` are served by one server backend; `None` when a session
-/// cannot be opened (the preflight's own connection then says why). A connection pooler in
-/// transaction or statement mode (PgBouncer's `pool_mode = transaction`) hands a server
-/// connection to whichever client runs the next transaction and, reusing the one used last
-/// (PgBouncer's default), gives the second session the backend the first one just left.
+/// Whether two sessions to `info` are not each served by a server backend of their own;
+/// `None` when a session cannot be opened (the preflight's own connection then says why). A
+/// connection pooler in transaction or statement mode (PgBouncer's `pool_mode =
+/// transaction`) hands a server connection to whichever client runs the next transaction:
+/// over a few transactions taken in turn by two sessions, one session meets two backends, or
+/// both meet the same one. Over a direct connection each session keeps its own backend.
 /// pgcutover's sessions keep state from one transaction to the next
 /// (`session_replication_role`, prepared statements, the exported snapshot the copy reads,
 /// [`crate::pg::conn::SESSION_SETTINGS`]), which such a pool would lose, or hand on to its
 /// other clients, and a stalled apply session is ended by its backend's process id, which
 /// would then be another client's. So this runs before any session of pgcutover's, on
-/// sessions that change no setting. (A pooler handing out its connections in turn may escape
-/// it.)
+/// sessions that change no setting. (A pooler that always gave each session the same server
+/// connection would pass, and would behave as a session pool for as long as it did.)
 pub(super) async fn shares_backend(info: &crate::pg::conn::ConnInfo) -> Option<bool> {
     // One simple query each: a statement prepared in one round trip and run in the next
     // could meet two server connections, and fail.
@@ -77,13 +78,15 @@ pub(super) async fn shares_backend(info: &crate::pg::conn::ConnInfo) -> Option<b
                 _ => None,
             })
     }
-    // The first session stays open (a direct connection keeps its backend) while the
-    // second one asks, right after the first one's transaction ended.
     let first = info.connect_plain("pgcutover").await.ok()?;
-    let mine = backend(&first).await?;
     let second = info.connect_plain("pgcutover").await.ok()?;
-    let other = backend(&second).await?;
-    Some(mine == other)
+    let (mut mine, mut other) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        mine.push(backend(&first).await?);
+        other.push(backend(&second).await?);
+    }
+    let own = |pids: &[String]| pids.iter().all(|p| *p == pids[0]);
+    Some(!own(&mine) || !own(&other) || mine[0] == other[0])
 }
 
 pub(super) async fn in_recovery(c: &Client) -> Result<bool, SqlError> {
