@@ -199,8 +199,9 @@ struct TargetColumn {
 
 #[derive(Default)]
 pub struct RelationCache {
-    /// Each relation's last Relation message, and what was made of it.
-    rels: HashMap<u32, (Relation, Arc<RelInfo>)>,
+    /// Each relation's last Relation message, and what was made of it (looked up for every
+    /// change, hence the fast hasher).
+    rels: HashMap<u32, (Relation, Arc<RelInfo>), foldhash::fast::RandomState>,
     /// Non-built-in types the stream described: oid → (schema, name).
     types: HashMap<u32, (String, String)>,
     generation: u64,

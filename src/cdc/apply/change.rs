@@ -17,7 +17,7 @@
 use bytes::Bytes;
 
 use super::{ApplyError, bad_value};
-use crate::cdc::coalesce::Change;
+use crate::cdc::coalesce::{Change, Key, Mask};
 use crate::cdc::decode::{OldKind, Tuple, Value};
 use crate::cdc::relation::RelInfo;
 
@@ -42,7 +42,7 @@ pub(super) fn update(
     if new.len() != rel.columns.len() {
         return Err(bad_value(rel, "update has the wrong number of columns"));
     }
-    let mut set: Vec<bool> = new
+    let mut set: Mask = new
         .iter()
         .zip(&rel.columns)
         .map(|(v, c)| *v != Value::UnchangedToast && !c.always_identity)
@@ -91,7 +91,7 @@ pub(super) fn update(
             .ok_or_else(|| bad_value(rel, "update without a usable key"))?,
     };
     if let Some(k) = &old_key {
-        let key_mask: Vec<bool> = (0..rel.columns.len())
+        let key_mask: Mask = (0..rel.columns.len())
             .map(|i| rel.key.contains(&i))
             .collect();
         check_identity_unchanged(rel, &key_mask, k, &new)?;
@@ -179,7 +179,7 @@ fn check_identity_unchanged(
     Ok(())
 }
 
-fn key_of(rel: &RelInfo, tuple: &Tuple) -> Result<Vec<Option<Bytes>>, ApplyError> {
+fn key_of(rel: &RelInfo, tuple: &Tuple) -> Result<Key, ApplyError> {
     rel.key
         .iter()
         .map(|&i| text_of(rel, tuple[i].clone()))
@@ -187,11 +187,11 @@ fn key_of(rel: &RelInfo, tuple: &Tuple) -> Result<Vec<Option<Bytes>>, ApplyError
 }
 
 /// Which old columns to match on (all but unchanged TOAST) and their values.
-fn full_old(rel: &RelInfo, old: Tuple) -> Result<(Vec<bool>, Vec<Option<Bytes>>), ApplyError> {
+fn full_old(rel: &RelInfo, old: Tuple) -> Result<(Mask, Vec<Option<Bytes>>), ApplyError> {
     if old.len() != rel.columns.len() {
         return Err(bad_value(rel, "old row has the wrong number of columns"));
     }
-    let mask: Vec<bool> = old.iter().map(|v| *v != Value::UnchangedToast).collect();
+    let mask: Mask = old.iter().map(|v| *v != Value::UnchangedToast).collect();
     let mut values = Vec::with_capacity(old.len());
     for v in old.into_iter().filter(|v| *v != Value::UnchangedToast) {
         values.push(text_of(rel, v)?);
@@ -204,6 +204,7 @@ mod tests {
     use super::*;
     use crate::cdc::relation::{ColInfo, Wire};
     use crate::pg::{Lsn, TableName};
+    use smallvec::smallvec;
 
     /// `id` (key), `ref` (GENERATED ALWAYS AS IDENTITY), `note`, `doc`.
     fn rel(identity: u8) -> RelInfo {
@@ -270,10 +271,10 @@ mod tests {
         assert_eq!(
             got,
             Some(Change::Update {
-                set: vec![false, false, false, true],
+                set: smallvec![false, false, false, true],
                 row: vec![None, None, None, b("x")],
                 old_key: None,
-                new_key: vec![b("1")],
+                new_key: smallvec![b("1")],
             })
         );
         // Only kept TOAST values and the identity column: nothing to do.
@@ -293,10 +294,10 @@ mod tests {
         assert_eq!(
             got,
             Some(Change::Update {
-                set: vec![true, false, true, true],
+                set: smallvec![true, false, true, true],
                 row: vec![b("2"), None, b("n"), b("d")],
-                old_key: Some(vec![b("1")]),
-                new_key: vec![b("2")],
+                old_key: Some(smallvec![b("1")]),
+                new_key: smallvec![b("2")],
             })
         );
         // An old key equal to the new one is no key change.
@@ -309,7 +310,10 @@ mod tests {
         else {
             panic!("an update");
         };
-        assert_eq!((set, old_key), (vec![false, false, true, true], None));
+        assert_eq!(
+            (set.to_vec(), old_key),
+            (vec![false, false, true, true], None)
+        );
         // A key column sent as unchanged TOAST: the old key is the key.
         let old = Some((
             OldKind::Key,
@@ -320,7 +324,7 @@ mod tests {
         else {
             panic!("an update");
         };
-        assert_eq!(new_key, vec![b("3")]);
+        assert_eq!(new_key.to_vec(), vec![b("3")]);
         let e = update(
             &r,
             None,
@@ -340,12 +344,12 @@ mod tests {
         let Some(Change::Update { set, .. }) = update(&r, old, row.clone()).unwrap() else {
             panic!("an update");
         };
-        assert_eq!(set, vec![true, false, false, false]);
+        assert_eq!(set.to_vec(), vec![true, false, false, false]);
         // Same key, nothing else to set: the key is set to itself, as the source did.
         let Some(Change::Update { set, .. }) = update(&r, None, row).unwrap() else {
             panic!("an update");
         };
-        assert_eq!(set, vec![true, false, false, false]);
+        assert_eq!(set.to_vec(), vec![true, false, false, false]);
     }
 
     #[test]
@@ -362,7 +366,7 @@ mod tests {
         let old = Some((OldKind::Full, vec![t("1"), t("9"), t("n"), t("d")]));
         let got = update(&r, old, vec![t("1"), t("9"), t("n"), t("e")]).unwrap();
         assert!(
-            matches!(got, Some(Change::FullUpdate { ref set, .. }) if set == &[true, false, true, true])
+            matches!(got, Some(Change::FullUpdate { ref set, .. }) if set[..] == [true, false, true, true])
         );
     }
 
@@ -377,8 +381,8 @@ mod tests {
         assert_eq!(
             got,
             Some(Change::FullUpdate {
-                old: vec![true, true, false, true],
-                set: vec![true, false, false, true],
+                old: smallvec![true, true, false, true],
+                set: smallvec![true, false, false, true],
                 // The SET values, then the old values to match.
                 values: vec![b("1"), b(""), b("1"), b("9"), None],
             })
@@ -389,7 +393,7 @@ mod tests {
         assert_eq!(
             got,
             Change::FullDelete {
-                old: vec![true, true, false, true],
+                old: smallvec![true, true, false, true],
                 values: vec![b("1"), b("9"), None],
             }
         );
@@ -399,7 +403,7 @@ mod tests {
     fn a_delete_is_found_by_its_key_and_a_keyless_table_is_refused() {
         let r = rel(b'd');
         let got = delete(&r, vec![t("1"), Value::Null, Value::Null, Value::Null]).unwrap();
-        assert_eq!(got, Change::Delete(vec![b("1")]));
+        assert_eq!(got, Change::Delete(smallvec![b("1")]));
         let mut keyless = rel(b'n');
         keyless.key.clear();
         let e = delete(

@@ -9,7 +9,7 @@ use postgres_protocol::types::{ArrayDimension, array_to_sql};
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
 use super::{ApplyError, bad_value};
-use crate::cdc::coalesce::{Change, RowKeys};
+use crate::cdc::coalesce::{Change, Mask, RowKeys};
 use crate::cdc::relation::{RelInfo, Wire};
 use crate::pg::{quote_ident, quote_literal};
 
@@ -40,20 +40,44 @@ impl ArrayParam {
     }
 }
 
-/// An integer's canonical text (what PostgreSQL's output function writes) as `T`.
-pub(super) fn parse_int<T: std::str::FromStr>(
+/// An integer's canonical text (what PostgreSQL's output function writes) as `T`: an
+/// optional sign and decimal digits, nothing else. Read straight from the bytes (no UTF-8
+/// check, no `str` parsing): the daemon does this for every integer value it applies.
+pub(super) fn parse_int<T: TryFrom<i64>>(
     b: &[u8],
 ) -> Result<T, Box<dyn std::error::Error + Sync + Send>> {
-    std::str::from_utf8(b)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| {
-            format!(
-                "the stream sent {:?} for an integer column",
-                String::from_utf8_lossy(&b[..b.len().min(40)])
-            )
-            .into()
-        })
+    let bad = || -> Box<dyn std::error::Error + Sync + Send> {
+        format!(
+            "the stream sent {:?} for an integer column",
+            String::from_utf8_lossy(&b[..b.len().min(40)])
+        )
+        .into()
+    };
+    let (negative, digits) = match b {
+        [b'-', rest @ ..] => (true, rest),
+        [b'+', rest @ ..] => (false, rest),
+        _ => (false, b),
+    };
+    if digits.is_empty() {
+        return Err(bad());
+    }
+    // Accumulated as a negative number, which also holds i64::MIN.
+    let mut n: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return Err(bad());
+        }
+        n = n
+            .checked_mul(10)
+            .and_then(|n| n.checked_sub(i64::from(d - b'0')))
+            .ok_or_else(bad)?;
+    }
+    let n = if negative {
+        n
+    } else {
+        n.checked_neg().ok_or_else(bad)?
+    };
+    T::try_from(n).map_err(|_| bad())
 }
 
 impl ToSql for ArrayParam {
@@ -109,19 +133,19 @@ pub(super) enum Kind {
     Insert,
     /// Identity key; `set` excludes unchanged TOAST columns.
     Update {
-        set: Vec<bool>,
+        set: Mask,
     },
     Delete,
     /// REPLICA IDENTITY FULL: match the first row equal on the `old` columns and NULL in
     /// the `nulls` ones (their old values, so an index can find the row: see [`full_match`]).
     FullUpdate {
-        old: Vec<bool>,
-        nulls: Vec<bool>,
-        set: Vec<bool>,
+        old: Mask,
+        nulls: Mask,
+        set: Mask,
     },
     FullDelete {
-        old: Vec<bool>,
-        nulls: Vec<bool>,
+        old: Mask,
+        nulls: Mask,
     },
 }
 
@@ -157,7 +181,7 @@ pub(super) fn statement_of(change: Change, keys: RowKeys) -> (Kind, Vec<Option<B
             row.extend(where_key);
             (Kind::Update { set }, row, keys)
         }
-        Change::Delete(key) => (Kind::Delete, key, [None; 2]),
+        Change::Delete(key) => (Kind::Delete, key.into_vec(), [None; 2]),
         Change::FullUpdate {
             old,
             set,
@@ -177,12 +201,8 @@ pub(super) fn statement_of(change: Change, keys: RowKeys) -> (Kind, Vec<Option<B
 /// The old values of a REPLICA IDENTITY FULL change (in `values` from `from` on, one per
 /// `old` column) without their NULLs, which are matched by `IS NULL` instead: the columns
 /// matched by value, and those matched as NULL.
-fn split_nulls(
-    mut old: Vec<bool>,
-    values: &mut Vec<Option<Bytes>>,
-    from: usize,
-) -> (Vec<bool>, Vec<bool>) {
-    let mut nulls = vec![false; old.len()];
+fn split_nulls(mut old: Mask, values: &mut Vec<Option<Bytes>>, from: usize) -> (Mask, Mask) {
+    let mut nulls: Mask = smallvec::smallvec![false; old.len()];
     let mut at = from;
     for i in 0..old.len() {
         if !old[i] {
@@ -410,6 +430,7 @@ mod tests {
     use super::*;
     use crate::cdc::relation::ColInfo;
     use crate::pg::{Lsn, TableName};
+    use smallvec::smallvec;
 
     fn rel(identity: u8) -> RelInfo {
         let c = |name: &str, cast: &str, key: bool| ColInfo {
@@ -446,7 +467,7 @@ mod tests {
              $2::text::text, $3::text::jsonb)"
         );
         let upd = Kind::Update {
-            set: vec![true, false, true],
+            set: smallvec![true, false, true],
         };
         assert_eq!(
             statement_sql(&r, &upd, false),
@@ -481,7 +502,7 @@ mod tests {
         let v = |s: &str| Some(Bytes::copy_from_slice(s.as_bytes()));
         let (kind, values, _) = statement_of(
             Change::FullDelete {
-                old: vec![true, true, true],
+                old: smallvec![true, true, true],
                 values: vec![v("7"), None, v("{}")],
             },
             [None; 2],
@@ -489,8 +510,8 @@ mod tests {
         assert_eq!(
             kind,
             Kind::FullDelete {
-                old: vec![true, false, true],
-                nulls: vec![false, true, false],
+                old: smallvec![true, false, true],
+                nulls: smallvec![false, true, false],
             }
         );
         assert_eq!(values, vec![v("7"), v("{}")]);
@@ -504,8 +525,8 @@ mod tests {
         // An update: its SET values come first, and only the old values are split.
         let (kind, values, _) = statement_of(
             Change::FullUpdate {
-                old: vec![true, true, false],
-                set: vec![false, true, false],
+                old: smallvec![true, true, false],
+                set: smallvec![false, true, false],
                 values: vec![None, v("1"), None],
             },
             [None; 2],
@@ -513,9 +534,9 @@ mod tests {
         assert_eq!(
             kind,
             Kind::FullUpdate {
-                old: vec![true, false, false],
-                nulls: vec![false, true, false],
-                set: vec![false, true, false],
+                old: smallvec![true, false, false],
+                nulls: smallvec![false, true, false],
+                set: smallvec![false, true, false],
             }
         );
         assert_eq!(values, vec![None, v("1")]);
@@ -588,6 +609,64 @@ mod tests {
         for bad in ["1.5", "", "99999999999", "abc", " 1"] {
             let err = encode(Wire::Int4, &[Some(bad)]).expect_err(bad);
             assert!(err.to_string().contains("integer column"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn integers_are_read_from_their_bytes_as_the_standard_library_reads_them() {
+        fn same<T>(text: &str)
+        where
+            T: TryFrom<i64> + std::str::FromStr + PartialEq + std::fmt::Debug,
+        {
+            let ours = parse_int::<T>(text.as_bytes()).ok();
+            assert_eq!(ours, text.parse::<T>().ok(), "{text:?}");
+        }
+        let mut texts: Vec<String> = [
+            "0",
+            "-0",
+            "+0",
+            "7",
+            "-7",
+            "+7",
+            "007",
+            "-",
+            "+",
+            "",
+            "--1",
+            "+-1",
+            "1-",
+            "1 ",
+            "0x10",
+            "1e3",
+            "١",
+            "32767",
+            "32768",
+            "-32768",
+            "-32769",
+            "2147483647",
+            "2147483648",
+            "-2147483648",
+            "-2147483649",
+            "9223372036854775807",
+            "9223372036854775808",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "99999999999999999999999",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            texts.push(((x as i64) >> (x % 64)).to_string());
+        }
+        for t in &texts {
+            same::<i16>(t);
+            same::<i32>(t);
+            same::<i64>(t);
         }
     }
 }

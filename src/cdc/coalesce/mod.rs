@@ -45,8 +45,13 @@ use bytes::Bytes;
 
 use super::relation::RelInfo;
 
-/// A row's identity key values, in key-column order.
-pub type Key = Vec<Option<Bytes>>;
+/// A row's identity key values, in key-column order. A key of one column (the usual case)
+/// is held in place: no allocation per change.
+pub type Key = smallvec::SmallVec<[Option<Bytes>; 1]>;
+
+/// Which columns of a table a change names (the columns it sets, or the old values it
+/// matches on), one flag per column in column order; held in place up to 16 columns.
+pub type Mask = smallvec::SmallVec<[bool; 16]>;
 
 /// The hasher for keys: fast (the daemon hashes the key of every change it receives),
 /// and seeded at random per process, so that keys chosen to collide cannot be built ahead.
@@ -82,7 +87,7 @@ pub enum Change {
     /// An update through the identity key. `row` has an entry per column; those not in `set`
     /// (unchanged TOAST, identity columns) are ignored. `old_key` is sent when the key changed.
     Update {
-        set: Vec<bool>,
+        set: Mask,
         row: Vec<Option<Bytes>>,
         old_key: Option<Key>,
         new_key: Key,
@@ -90,12 +95,12 @@ pub enum Change {
     Delete(Key),
     /// REPLICA IDENTITY FULL: SET values, then the old values of the `old` columns.
     FullUpdate {
-        old: Vec<bool>,
-        set: Vec<bool>,
+        old: Mask,
+        set: Mask,
         values: Vec<Option<Bytes>>,
     },
     FullDelete {
-        old: Vec<bool>,
+        old: Mask,
         values: Vec<Option<Bytes>>,
     },
 }
@@ -158,7 +163,7 @@ struct TableBuf {
     entries: Vec<(Change, RowKeys)>,
     /// Rows whose latest entry is an insert or a plain update, by [`key_hash`] → that entry
     /// (which is checked to have the key: hashes may collide).
-    latest: HashMap<u64, usize, BuildHasherDefault<Prehashed>>,
+    latest: Latest,
     mergeable: bool,
 }
 
@@ -222,7 +227,7 @@ impl TableBuf {
 /// Copy the columns `set` of `row` into `into` (and into its mask, for an update).
 fn overwrite(
     into: &mut [Option<Bytes>],
-    mut into_set: Option<&mut Vec<bool>>,
+    mut into_set: Option<&mut Mask>,
     set: &[bool],
     row: &[Option<Bytes>],
 ) {
@@ -239,12 +244,18 @@ fn overwrite(
 /// A table's buffered changes, in order, each with its [`RowKeys`].
 pub type TableChanges = (Arc<RelInfo>, Vec<(Change, RowKeys)>);
 
+/// Which rows of a table may take a merge: see [`TableBuf::latest`].
+type Latest = HashMap<u64, usize, BuildHasherDefault<Prehashed>>;
+
 /// The changes of the open target transaction not sent yet.
 #[derive(Default)]
 pub struct Buffer {
     tables: Vec<TableBuf>,
     /// (relation id, generation) → position in `tables`.
-    index: HashMap<(u32, u64), usize>,
+    index: HashMap<(u32, u64), usize, foldhash::fast::RandomState>,
+    /// Maps of earlier batches' tables, emptied, with the room they grew to: the next
+    /// batches take them rather than grow new ones from nothing, change by change.
+    spare: Vec<Latest>,
     /// Changes received (merged ones included) and bytes held.
     changes: usize,
     bytes: usize,
@@ -275,7 +286,7 @@ impl Buffer {
                 self.tables.push(TableBuf {
                     rel: rel.clone(),
                     entries: Vec::new(),
-                    latest: HashMap::default(),
+                    latest: self.spare.pop().unwrap_or_default(),
                     mergeable: !rel.full_identity()
                         && !rel.key.is_empty()
                         && !rel.extra_unique
@@ -297,12 +308,34 @@ impl Buffer {
     /// empty afterwards.
     pub fn take(&mut self) -> Vec<TableChanges> {
         let tables = std::mem::take(&mut self.tables);
-        *self = Buffer::default();
-        tables.into_iter().map(|t| (t.rel, t.entries)).collect()
+        self.clear();
+        tables
+            .into_iter()
+            .map(|mut t| {
+                self.keep_spare(std::mem::take(&mut t.latest));
+                (t.rel, t.entries)
+            })
+            .collect()
     }
 
     pub fn clear(&mut self) {
-        *self = Buffer::default();
+        let spare = std::mem::take(&mut self.spare);
+        let tables = std::mem::take(&mut self.tables);
+        *self = Buffer {
+            spare,
+            ..Buffer::default()
+        };
+        for t in tables {
+            self.keep_spare(t.latest);
+        }
+    }
+
+    /// Keep an emptied map for a later table; a few, of bounded size, for the busiest tables.
+    fn keep_spare(&mut self, mut latest: Latest) {
+        if self.spare.len() < 8 && latest.capacity() <= 2 * MAX_CHANGES {
+            latest.clear();
+            self.spare.push(latest);
+        }
     }
 }
 
@@ -367,10 +400,13 @@ impl Writeset {
         }
     }
 
-    /// Add another writeset's rows.
+    /// Add another writeset's rows (taking it whole when this one is empty: a batch is
+    /// usually sent in one part, and its keys are then not hashed into a second set).
     pub fn extend(&mut self, other: Writeset) {
         if other.all {
             *self = Writeset::everything();
+        } else if !self.all && self.keys.is_empty() {
+            self.keys = other.keys;
         } else if !self.all {
             self.keys.extend(other.keys);
             if self.keys.len() > MAX_WRITESET {

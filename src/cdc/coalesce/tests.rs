@@ -3,6 +3,7 @@
 use super::*;
 use crate::cdc::relation::ColInfo;
 use crate::pg::{Lsn, TableName};
+use smallvec::smallvec;
 
 fn rel(relid: u32, extra_unique: bool, ordered: bool) -> Arc<RelInfo> {
     let c = |name: &str, key: bool| ColInfo {
@@ -32,10 +33,10 @@ fn v(s: &str) -> Option<Bytes> {
 
 fn upd(id: &str, a: Option<&str>, b: Option<&str>) -> Change {
     Change::Update {
-        set: vec![true, a.is_some(), b.is_some()],
+        set: smallvec![true, a.is_some(), b.is_some()],
         row: vec![v(id), a.and_then(v), b.and_then(v)],
         old_key: None,
-        new_key: vec![v(id)],
+        new_key: smallvec![v(id)],
     }
 }
 
@@ -79,17 +80,17 @@ fn nothing_merges_across_a_delete_or_a_key_change() {
     let t = rel(1, false, false);
     let mut buf = Buffer::default();
     buf.push(&t, upd("1", Some("a"), None));
-    buf.push(&t, Change::Delete(vec![v("1")]));
+    buf.push(&t, Change::Delete(smallvec![v("1")]));
     buf.push(&t, Change::Insert(vec![v("1"), v("b"), None]));
     buf.push(&t, upd("1", Some("c"), None));
     // Row 1 moves to 9, and a new row 1 arrives: neither merges with what came before.
     buf.push(
         &t,
         Change::Update {
-            set: vec![true, true, false],
+            set: smallvec![true, true, false],
             row: vec![v("9"), v("d"), None],
-            old_key: Some(vec![v("1")]),
-            new_key: vec![v("9")],
+            old_key: Some(smallvec![v("1")]),
+            new_key: smallvec![v("9")],
         },
     );
     buf.push(&t, upd("9", Some("e"), None));
@@ -175,13 +176,13 @@ fn writesets_conflict_on_a_shared_row_or_on_tables_they_cannot_judge() {
     // The same key in the same table, whatever the change.
     for c in [
         upd("1", None, Some("y")),
-        Change::Delete(vec![v("1")]),
+        Change::Delete(smallvec![v("1")]),
         Change::Insert(vec![v("1"), None, None]),
         Change::Update {
-            set: vec![true, false, false],
+            set: smallvec![true, false, false],
             row: vec![v("5"), None, None],
-            old_key: Some(vec![v("1")]),
-            new_key: vec![v("5")],
+            old_key: Some(smallvec![v("1")]),
+            new_key: smallvec![v("5")],
         },
     ] {
         assert!(one.conflicts(&set(&[(&a, c)])));
@@ -296,28 +297,28 @@ fn random_change(r: &mut Rng, rows: &HashMap<Option<Bytes>, Vec<Option<Bytes>>>)
     }
     match r.below(10) {
         0..=5 => {
-            let set = vec![true, r.below(3) > 0, r.below(3) > 0];
+            let set = smallvec![true, r.below(3) > 0, r.below(3) > 0];
             let row = vec![k.clone(), value(r), value(r)];
             Change::Update {
                 set,
                 row,
-                old_key: (r.below(6) == 0).then(|| vec![k.clone()]),
-                new_key: vec![k],
+                old_key: (r.below(6) == 0).then(|| smallvec![k.clone()]),
+                new_key: smallvec![k],
             }
         }
         6 | 7 => {
             let to = key(r);
             if rows.contains_key(&to) && to != k {
-                return Change::Delete(vec![k]);
+                return Change::Delete(smallvec![k]);
             }
             Change::Update {
-                set: vec![true, r.below(2) == 0, false],
+                set: smallvec![true, r.below(2) == 0, false],
                 row: vec![to.clone(), value(r), None],
-                old_key: Some(vec![k]),
-                new_key: vec![to],
+                old_key: Some(smallvec![k]),
+                new_key: smallvec![to],
             }
         }
-        _ => Change::Delete(vec![k]),
+        _ => Change::Delete(smallvec![k]),
     }
 }
 
