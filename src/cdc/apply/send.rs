@@ -16,16 +16,46 @@ use super::sql::{
 };
 use super::{
     Applier, ApplyError, MAX_INFLIGHT, MAX_NAMED, MAX_RUN, SCRIPT_BYTES, SCRIPT_STATEMENTS,
+    bad_value,
 };
 use crate::cdc::coalesce::{Change, KeySet, Writeset};
 use crate::cdc::relation::{RelInfo, Wire};
 use crate::pg::{Lsn, error_text};
 
-/// Consecutive changes of one kind to one table, column-major.
+/// The wire form of each parameter of a multi-row statement (all text if the values do not
+/// match the statement's parameters, which the statement then refuses).
+fn wires(rel: &RelInfo, kind: &Kind, values: usize) -> Vec<Wire> {
+    let wires: Vec<Wire> = param_columns(rel, kind)
+        .into_iter()
+        .map(|i| rel.columns[i].wire)
+        .collect();
+    if wires.len() == values {
+        wires
+    } else {
+        vec![Wire::Text; values]
+    }
+}
+
+/// Encode one row's values into the run's array parameters.
+fn encode_row(run: &mut Run, values: Vec<Option<Bytes>>) -> Result<(), ApplyError> {
+    for (column, v) in run.columns.iter_mut().zip(values) {
+        column
+            .push(v.as_deref())
+            .map_err(|e| bad_value(&run.rel, &e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Consecutive changes of one kind to one table.
 pub(super) struct Run {
     rel: Arc<RelInfo>,
     kind: Kind,
-    columns: Vec<Vec<Option<Bytes>>>,
+    /// The first row's values as they came: sent as they are if the run ends at one row (a
+    /// script's `EXECUTE`), encoded into `columns` when a second row joins.
+    first: Vec<Option<Bytes>>,
+    /// From the second row on, one array parameter per statement parameter, each row's
+    /// values encoded into them as it joins (see [`ArrayParam`]).
+    columns: Vec<ArrayParam>,
     rows: usize,
     /// Keys (old and new) touched by the run's updates.
     keys: KeySet,
@@ -103,17 +133,27 @@ impl Applier {
             self.run = Some(Run {
                 rel: rel.clone(),
                 kind,
-                columns: (0..values.len())
-                    .map(|_| Vec::with_capacity(size))
-                    .collect(),
+                first: Vec::new(),
+                columns: Vec::new(),
                 rows: 0,
                 keys: KeySet::with_capacity_and_hasher(size, Default::default()),
                 limit,
             });
         }
         let run = self.run.as_mut().expect("a run was just ensured");
-        for (col, v) in run.columns.iter_mut().zip(values) {
-            col.push(v);
+        match run.rows {
+            0 => run.first = values,
+            1 => {
+                let size = run.limit.min(left + 1);
+                run.columns = wires(&run.rel, &run.kind, values.len())
+                    .into_iter()
+                    .map(|wire| ArrayParam::new(wire, size))
+                    .collect();
+                let first = std::mem::take(&mut run.first);
+                encode_row(run, first)?;
+                encode_row(run, values)?;
+            }
+            _ => encode_row(run, values)?,
         }
         run.rows += 1;
         run.keys.extend(touched.iter().flatten());
@@ -152,7 +192,7 @@ impl Applier {
                 }
                 lane.prepared += 1;
                 let name = format!("pgc_{}", lane.prepared);
-                let types = vec!["text"; run.columns.len()].join(", ");
+                let types = vec!["text"; run.first.len()].join(", ");
                 let sql = statement_sql(&run.rel, &run.kind, false);
                 lane.script
                     .push_str(&format!("PREPARE {name} ({types}) AS {sql};\n"));
@@ -163,9 +203,9 @@ impl Applier {
                 name
             }
         };
-        let mut args = Vec::with_capacity(run.columns.len());
-        for mut c in run.columns {
-            args.push(literal(&run.rel, &c.pop().flatten())?);
+        let mut args = Vec::with_capacity(run.first.len());
+        for v in &run.first {
+            args.push(literal(&run.rel, v)?);
         }
         lane.script
             .push_str(&format!("EXECUTE {name}({});\n", args.join(", ")));
@@ -209,18 +249,7 @@ impl Applier {
                 }
             }
         };
-        let mut wires: Vec<Wire> = param_columns(&run.rel, &run.kind)
-            .into_iter()
-            .map(|i| run.rel.columns[i].wire)
-            .collect();
-        if wires.len() != run.columns.len() {
-            wires = vec![Wire::Text; run.columns.len()];
-        }
-        let params: Vec<ArrayParam> = wires
-            .into_iter()
-            .zip(run.columns)
-            .map(|(wire, values)| ArrayParam { wire, values })
-            .collect();
+        let params = run.columns;
         let want = match run.kind {
             Kind::Insert => 0,
             _ => run.rows as u64,

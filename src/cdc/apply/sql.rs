@@ -5,7 +5,6 @@
 //! send them are in `lane.rs`.
 
 use bytes::{Bytes, BytesMut};
-use postgres_protocol::types::{ArrayDimension, array_to_sql};
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
 use super::{ApplyError, bad_value};
@@ -22,14 +21,71 @@ pub(super) fn literal(rel: &RelInfo, v: &Option<Bytes>) -> Result<String, ApplyE
 }
 
 /// A column of a run, bound to an array parameter in binary form: `text[]` with the values
-/// as they came, or an integer array (see [`Wire`]).
+/// as they came, or an integer array (see [`Wire`]). Each value is encoded as it joins the
+/// run (so the change it came from is let go of at once, and sending is one copy); the
+/// array's header is written when the statement is sent.
 #[derive(Debug)]
 pub(super) struct ArrayParam {
-    pub(super) wire: Wire,
-    pub(super) values: Vec<Option<Bytes>>,
+    wire: Wire,
+    /// The elements so far, in the array's binary form: a length (-1 for NULL), then the
+    /// value.
+    body: BytesMut,
+    len: i32,
+    has_null: bool,
 }
 
 impl ArrayParam {
+    /// An empty array, with room for about `rows` elements.
+    pub(super) fn new(wire: Wire, rows: usize) -> ArrayParam {
+        let per_row = match wire {
+            Wire::Text => 16,
+            Wire::Int2 | Wire::Int4 | Wire::Int8 => 12,
+        };
+        ArrayParam {
+            wire,
+            body: BytesMut::with_capacity(rows.saturating_mul(per_row)),
+            len: 0,
+            has_null: false,
+        }
+    }
+
+    /// Add a value (the text the stream sent, or NULL).
+    pub(super) fn push(
+        &mut self,
+        v: Option<&[u8]>,
+    ) -> Result<(), Box<dyn std::error::Error + Sync + Send>> {
+        use bytes::BufMut;
+        let Some(b) = v else {
+            self.body.put_i32(-1);
+            self.has_null = true;
+            self.len += 1;
+            return Ok(());
+        };
+        match self.wire {
+            Wire::Text => {
+                self.body.put_i32(i32::try_from(b.len())?);
+                self.body.extend_from_slice(b);
+            }
+            Wire::Int2 => {
+                self.body.put_i32(2);
+                self.body.put_i16(parse_int(b)?);
+            }
+            Wire::Int4 => {
+                self.body.put_i32(4);
+                self.body.put_i32(parse_int(b)?);
+            }
+            Wire::Int8 => {
+                self.body.put_i32(8);
+                self.body.put_i64(parse_int(b)?);
+            }
+        }
+        self.len = self
+            .len
+            .checked_add(1)
+            .ok_or("too many rows in one array")?;
+        Ok(())
+    }
+
     fn element(&self) -> Type {
         match self.wire {
             Wire::Text => Type::TEXT,
@@ -81,34 +137,21 @@ pub(super) fn parse_int<T: TryFrom<i64>>(
 }
 
 impl ToSql for ArrayParam {
+    /// PostgreSQL's binary array: dimensions (one), whether it holds NULLs, the element
+    /// type, the dimension's length and lower bound (1), then the elements.
     fn to_sql(
         &self,
         _: &Type,
         out: &mut BytesMut,
     ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        let dim = ArrayDimension {
-            len: i32::try_from(self.values.len())?,
-            lower_bound: 1,
-        };
-        let wire = self.wire;
-        array_to_sql(
-            Some(dim),
-            self.element().oid(),
-            self.values.iter(),
-            |v, buf| {
-                let Some(b) = v else {
-                    return Ok(postgres_protocol::IsNull::Yes);
-                };
-                match wire {
-                    Wire::Text => buf.extend_from_slice(b),
-                    Wire::Int2 => buf.extend_from_slice(&parse_int::<i16>(b)?.to_be_bytes()),
-                    Wire::Int4 => buf.extend_from_slice(&parse_int::<i32>(b)?.to_be_bytes()),
-                    Wire::Int8 => buf.extend_from_slice(&parse_int::<i64>(b)?.to_be_bytes()),
-                }
-                Ok(postgres_protocol::IsNull::No)
-            },
-            out,
-        )?;
+        use bytes::BufMut;
+        out.reserve(20 + self.body.len());
+        out.put_i32(1);
+        out.put_i32(i32::from(self.has_null));
+        out.put_u32(self.element().oid());
+        out.put_i32(self.len);
+        out.put_i32(1);
+        out.extend_from_slice(&self.body);
         Ok(IsNull::No)
     }
     fn accepts(ty: &Type) -> bool {
@@ -430,6 +473,7 @@ mod tests {
     use super::*;
     use crate::cdc::relation::ColInfo;
     use crate::pg::{Lsn, TableName};
+    use fallible_iterator::FallibleIterator;
     use smallvec::smallvec;
 
     fn rel(identity: u8) -> RelInfo {
@@ -571,19 +615,26 @@ mod tests {
 
     #[test]
     fn integer_arrays_are_sent_in_binary_and_refuse_what_is_not_an_integer() {
-        let values = |v: &[Option<&str>]| -> Vec<Option<Bytes>> {
-            v.iter()
-                .map(|x| x.map(|s| Bytes::copy_from_slice(s.as_bytes())))
-                .collect()
-        };
         let encode = |wire: Wire, v: &[Option<&str>]| {
-            let mut out = BytesMut::new();
-            ArrayParam {
-                wire,
-                values: values(v),
+            let mut array = ArrayParam::new(wire, v.len());
+            for x in v {
+                array.push(x.map(str::as_bytes))?;
             }
-            .to_sql(&Type::TEXT_ARRAY, &mut out)
-            .map(|_| elements(&out))
+            let mut out = BytesMut::new();
+            array.to_sql(&Type::TEXT_ARRAY, &mut out)?;
+            // postgres-protocol's own reader of binary arrays agrees with ours.
+            let parsed = postgres_protocol::types::array_from_sql(&out)?;
+            let dims: Vec<_> = parsed.dimensions().collect()?;
+            assert_eq!(dims.len(), 1);
+            assert_eq!((dims[0].len, dims[0].lower_bound), (v.len() as i32, 1));
+            assert_eq!(parsed.has_nulls(), v.contains(&None));
+            let values: Vec<Option<Vec<u8>>> = parsed
+                .values()
+                .map(|x| Ok(x.map(<[u8]>::to_vec)))
+                .collect()?;
+            let (elem, ours) = elements(&out);
+            assert_eq!((elem, &ours), (parsed.element_type(), &values));
+            Ok::<_, Box<dyn std::error::Error + Sync + Send>>((elem, ours))
         };
         let (elem, got) = encode(Wire::Int4, &[Some("42"), None, Some("-2147483648")]).unwrap();
         assert_eq!(elem, Type::INT4.oid());
