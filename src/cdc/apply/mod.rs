@@ -224,7 +224,7 @@ struct Sealed {
 impl Applier {
     /// Prepare the sessions (one or more), and, given the target's address, ask it in the
     /// background, on a session of its own, whether commits can be asynchronous (see
-    /// [`Applier::asynchronous_commits`]); without it they stay synchronous. The clients must
+    /// `Applier::asynchronous_commits`); without it they stay synchronous. The clients must
     /// come from [`crate::pg::conn::ConnInfo::connect`].
     pub async fn new(
         clients: Vec<Client>,

@@ -221,8 +221,8 @@ impl Applier {
         Ok(())
     }
 
-    /// A run of several rows: one extended-protocol statement with a binary `text[]` per
-    /// column (no quoting, no array parsing on the target).
+    /// A run of several rows: one extended-protocol statement with a binary array per
+    /// parameter (no quoting, no array parsing on the target).
     async fn send_multi(&mut self, run: Run) -> Result<(), ApplyError> {
         let key = StmtKey {
             relid: run.rel.relid,

@@ -100,7 +100,7 @@ fn some_names<'a>(names: impl Iterator<Item = &'a TableName>) -> String {
 }
 
 /// Refuse a connection pooler in transaction or statement mode in front of either side (see
-/// [`server::shares_backend`]). Runs before any other session of pgcutover's opens, so that
+/// `server::shares_backend`). Runs before any other session of pgcutover's opens, so that
 /// nothing it sets stays on a pooled server connection and nothing else's queries move the
 /// pooler's choice of connection between the check's two.
 pub async fn no_transaction_pooler(cfg: &Config) -> Result<(), PreflightError> {
