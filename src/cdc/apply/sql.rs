@@ -418,7 +418,8 @@ pub(super) fn statement_sql(rel: &RelInfo, kind: &Kind, multi: bool) -> String {
 /// `unnest(a, b, ...)` in FROM: there each array is first copied into a tuplestore of its
 /// own and the rows read back from them, while the select list hands the rows on as they are
 /// made (the same rows in the same order, the arrays being of one length; the join plan is
-/// the same). Measured on the target: about 9 % less CPU for an update of 1000-row runs.
+/// the same). Measured on the target: 4–9 % less CPU for updates in 1000-row runs (see
+/// BENCHMARKS.md, session 16).
 fn unnested(arrays: &[String], names: &[String]) -> String {
     let cols: Vec<String> = arrays
         .iter()
