@@ -2315,6 +2315,73 @@ async fn a_table_without_a_key_is_matched_through_an_index() {
     server.await.unwrap().unwrap();
 }
 
+/// Runs of updates and deletes whose integer keys lie close together read the table over
+/// the keys' range once instead of looking each row up through the index: the target counts
+/// one index scan per such statement, where runs of keys far apart still count one per row.
+/// Keys of every integer width, negative and at the end of `int8`, gaps inside a range, NULL
+/// and '' set, and the target ends equal to the source. Mutation-checked: without the range
+/// form the dense statements counted an index scan per row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_of_dense_integer_keys_read_the_table_once_over_their_range() {
+    let pair = Pair::start().await;
+    let (src, tgt) = (pair.src().await, pair.tgt().await);
+    src.batch_execute(
+        "CREATE TABLE marker (id serial PRIMARY KEY);
+         CREATE TABLE dense4 (id int PRIMARY KEY, v text, n int);
+         INSERT INTO dense4 SELECT g, 'v' || g, g FROM generate_series(1, 200000) g;
+         CREATE TABLE dense2 (id smallint PRIMARY KEY, v text);
+         INSERT INTO dense2 SELECT g, 'v' || g FROM generate_series(-2000, 2000) g;
+         CREATE TABLE dense8 (id bigint PRIMARY KEY, v text);
+         INSERT INTO dense8 SELECT 9223372036854775807 - g, '' FROM generate_series(0, 999) g;",
+    )
+    .await
+    .unwrap();
+    let (_, stop_tx, server) = start_daemon(&pair, "").await;
+    wait_caught_up(&src, &tgt, LIMIT).await;
+    let before = scans(&tgt, "dense4").await.1;
+
+    run_each(
+        &src,
+        &[
+            // Dense: consecutive keys, keys with gaps (every other one), a dense delete.
+            "UPDATE dense4 SET v = v || '!', n = n + 1 WHERE id BETWEEN 1 AND 3000",
+            "UPDATE dense4 SET v = NULL WHERE id BETWEEN 3001 AND 4000 AND id % 2 = 0",
+            "UPDATE dense4 SET v = '' WHERE id BETWEEN 3001 AND 4000 AND id % 2 = 1",
+            "DELETE FROM dense4 WHERE id BETWEEN 4001 AND 4500",
+            "UPDATE dense2 SET v = 'w' || id WHERE id BETWEEN -600 AND 600",
+            "DELETE FROM dense2 WHERE id < -1900",
+            "UPDATE dense8 SET v = NULL WHERE id > 9223372036854775807 - 500",
+            "DELETE FROM dense8 WHERE id < 9223372036854775807 - 900",
+        ],
+    )
+    .await;
+    wait_caught_up(&src, &tgt, LIMIT).await;
+    // Sparse: one row in a thousand over the rest of the table, keys far apart.
+    run_each(
+        &src,
+        &["UPDATE dense4 SET n = -n WHERE id > 4500 AND id % 1000 = 0"],
+    )
+    .await;
+    wait_caught_up(&src, &tgt, LIMIT).await;
+    assert_same(&pair).await;
+    // Statistics reach the shared counters within a few seconds of each transaction.
+    wait_for(
+        LIMIT,
+        "the sparse run's index scans to be counted",
+        || async { scans(&tgt, "dense4").await.1 >= before + 196 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let counted = scans(&tgt, "dense4").await.1 - before;
+    // 196 lookups for the sparse rows, a few scans for the 5 000 dense ones.
+    assert!(
+        (196..250).contains(&counted),
+        "{counted} index scans of dense4 on the target"
+    );
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
 /// Servers that end idle sessions after a second (`idle_session_timeout` and
 /// `idle_in_transaction_session_timeout`, set on the database, as many sites do against
 /// leaked connections): the load's sessions wait idle while others copy (here a target

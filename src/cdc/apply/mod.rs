@@ -69,6 +69,16 @@
 //!   or exclusion constraints besides the identity are updated row by row, because PostgreSQL
 //!   checks those row by row inside a statement and could fail on an order the source never
 //!   had. Inserts and deletes never have that problem.
+//! * **Dense runs read the table once.** A run's statement normally finds each row through
+//!   the index by its key, a descent of the index per row (a fifth of the target's time on
+//!   the bulk backlog). When the keys are one integer column and lie close together (their
+//!   range under twice the run's rows, as in batch jobs that update or delete by id range),
+//!   the statement instead reads the index once over that range and joins it to the run by
+//!   hashing: `WHERE (t.id + 0) = (v.k + 0) AND t.id BETWEEN lo AND hi`, where `+ 0` keeps
+//!   the planner from choosing a lookup per row. Rows are then changed in the table's order,
+//!   not the run's, so only tables whose result cannot depend on that order take this form
+//!   (see [`sql::range_key`]). Measured statement by statement: 15–30 % less target CPU for
+//!   1000-row update runs, the same as the lookups at a range four times the rows.
 //! * **Bounded memory.** The buffer is sent when full ([`super::coalesce::MAX_CHANGES`],
 //!   [`super::coalesce::MAX_BYTES`]), a run is at most [`MAX_RUN`] rows and at most
 //!   [`MAX_INFLIGHT`] statements are unanswered, so a source transaction of any size streams

@@ -12,7 +12,8 @@ use tokio_postgres::types::ToSql;
 
 use super::lane::{EndsCommit, Expect, InFlight, Pending, Subject};
 use super::sql::{
-    ArrayParam, Kind, StmtKey, Touched, literal, param_columns, statement_of, statement_sql,
+    ArrayParam, Form, Kind, RANGE_MIN_ROWS, StmtKey, Touched, literal, param_columns, parse_int,
+    range_key, statement_of, statement_sql,
 };
 use super::{
     Applier, ApplyError, MAX_INFLIGHT, MAX_NAMED, MAX_RUN, SCRIPT_BYTES, SCRIPT_STATEMENTS,
@@ -60,6 +61,44 @@ pub(super) struct Run {
     /// Keys (old and new) touched by the run's updates.
     keys: KeySet,
     limit: usize,
+    /// The range of the run's integer keys so far, while it may take [`Form::Range`].
+    span: Option<Span>,
+}
+
+/// Where a run's key is among its values, and the lowest and highest key so far.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    at: usize,
+    lo: i64,
+    hi: i64,
+}
+
+impl Span {
+    /// Take one row's key in (`None` if it is not an integer after all).
+    fn widen(self, values: &[Option<Bytes>]) -> Option<Span> {
+        let key: i64 = parse_int(values.get(self.at)?.as_deref()?).ok()?;
+        Some(Span {
+            lo: self.lo.min(key),
+            hi: self.hi.max(key),
+            ..self
+        })
+    }
+
+    /// The run's statement form: [`Form::Range`] when its keys are dense enough that reading
+    /// the table over their range costs less than looking each one up, which measured so up
+    /// to a range of about four times the rows (see BENCHMARKS.md, session 17); twice is
+    /// kept as the limit.
+    fn form(span: Option<Span>, rows: usize) -> Form {
+        match span {
+            Some(s)
+                if rows >= RANGE_MIN_ROWS
+                    && (i128::from(s.hi) - i128::from(s.lo)) < 2 * rows as i128 =>
+            {
+                Form::Range
+            }
+            _ => Form::Rows,
+        }
+    }
 }
 
 impl Applier {
@@ -130,6 +169,11 @@ impl Applier {
                 _ => 1,
             };
             let size = limit.min(left);
+            let span = range_key(rel, &kind, values.len()).map(|at| Span {
+                at,
+                lo: i64::MAX,
+                hi: i64::MIN,
+            });
             self.run = Some(Run {
                 rel: rel.clone(),
                 kind,
@@ -138,9 +182,11 @@ impl Applier {
                 rows: 0,
                 keys: KeySet::with_capacity_and_hasher(size, Default::default()),
                 limit,
+                span,
             });
         }
         let run = self.run.as_mut().expect("a run was just ensured");
+        run.span = run.span.and_then(|s| s.widen(&values));
         match run.rows {
             0 => run.first = values,
             1 => {
@@ -174,7 +220,7 @@ impl Applier {
             relid: run.rel.relid,
             generation: run.rel.generation,
             kind: run.kind.clone(),
-            multi: false,
+            form: Form::Row,
         };
         let lane_index = self.current();
         let lane = &mut self.lanes[lane_index];
@@ -193,7 +239,7 @@ impl Applier {
                 lane.prepared += 1;
                 let name = format!("pgc_{}", lane.prepared);
                 let types = vec!["text"; run.first.len()].join(", ");
-                let sql = statement_sql(&run.rel, &run.kind, false);
+                let sql = statement_sql(&run.rel, &run.kind, Form::Row);
                 lane.script
                     .push_str(&format!("PREPARE {name} ({types}) AS {sql};\n"));
                 // Answered by a CommandComplete too; an error there names the table.
@@ -224,18 +270,19 @@ impl Applier {
     /// A run of several rows: one extended-protocol statement with a binary array per
     /// parameter (no quoting, no array parsing on the target).
     async fn send_multi(&mut self, run: Run) -> Result<(), ApplyError> {
+        let form = Span::form(run.span, run.rows);
         let key = StmtKey {
             relid: run.rel.relid,
             generation: run.rel.generation,
             kind: run.kind.clone(),
-            multi: true,
+            form,
         };
         let lane = self.current();
         let stmt = match self.lanes[lane].extended.get(&key) {
             Some(s) => s.clone(),
             None => {
                 self.flush_script(lane).await?;
-                let sql = statement_sql(&run.rel, &run.kind, true);
+                let sql = statement_sql(&run.rel, &run.kind, form);
                 // Answered after everything queued before it on the session.
                 let waiting = self.lanes[lane].wait_front();
                 let prepared = self.lanes[lane].client.prepare(&sql).await;
@@ -250,6 +297,10 @@ impl Applier {
             }
         };
         let params = run.columns;
+        let bounds: Vec<i64> = match (form, run.span) {
+            (Form::Range, Some(s)) => vec![s.lo, s.hi],
+            _ => Vec::new(),
+        };
         let want = match run.kind {
             Kind::Insert => 0,
             _ => run.rows as u64,
@@ -257,8 +308,11 @@ impl Applier {
         let expect = Some((want, Subject::Table(run.rel.clone())));
         self.send(
             move |c| async move {
-                let refs: Vec<&(dyn ToSql + Sync)> =
-                    params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+                let refs: Vec<&(dyn ToSql + Sync)> = params
+                    .iter()
+                    .map(|p| p as &(dyn ToSql + Sync))
+                    .chain(bounds.iter().map(|b| b as &(dyn ToSql + Sync)))
+                    .collect();
                 c.execute(&stmt, &refs).await
             },
             expect,
@@ -437,5 +491,42 @@ impl Applier {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span_of(keys: &[&str]) -> Option<Span> {
+        let start = Some(Span {
+            at: 0,
+            lo: i64::MAX,
+            hi: i64::MIN,
+        });
+        keys.iter().fold(start, |s, k| {
+            s.and_then(|s| s.widen(&[Some(Bytes::copy_from_slice(k.as_bytes()))]))
+        })
+    }
+
+    #[test]
+    fn runs_take_the_range_form_only_when_their_keys_are_dense() {
+        let keys: Vec<String> = (1000..1064).map(|k| k.to_string()).collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let s = span_of(&keys).unwrap();
+        assert_eq!((s.lo, s.hi), (1000, 1063));
+        assert_eq!(Span::form(Some(s), 64), Form::Range);
+        // Every other key: still twice as dense as the limit.
+        assert_eq!(Span::form(span_of(&["-10", "116"]), 64), Form::Range);
+        assert_eq!(Span::form(span_of(&["-10", "118"]), 64), Form::Rows);
+        // Too few rows, or keys far apart (no overflow at the ends of int8).
+        assert_eq!(Span::form(Some(s), RANGE_MIN_ROWS - 1), Form::Rows);
+        let ends = span_of(&["-9223372036854775808", "9223372036854775807"]);
+        assert_eq!(Span::form(ends, 1000), Form::Rows);
+        // A key that is not an integer (or NULL) ends the range form for the run.
+        assert!(span_of(&["1", "x"]).is_none());
+        assert!(Span::form(None, 1000) == Form::Rows);
+        let null = span_of(&["1"]).unwrap().widen(&[None]);
+        assert!(null.is_none());
     }
 }

@@ -192,12 +192,51 @@ pub(super) enum Kind {
     },
 }
 
+/// How a statement takes its rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Form {
+    /// One row, its values as text parameters (run by name in scripts).
+    Row,
+    /// Many rows through array parameters, each found by its key (an index lookup per row).
+    Rows,
+    /// Many rows whose integer keys lie close together (see [`range_key`]): the same arrays,
+    /// and the table read once over the keys' range, joined to the rows by hashing.
+    Range,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(super) struct StmtKey {
     pub(super) relid: u32,
     pub(super) generation: u64,
     pub(super) kind: Kind,
-    pub(super) multi: bool,
+    pub(super) form: Form,
+}
+
+/// Runs of fewer rows never take [`Form::Range`]: an index lookup each costs next to nothing.
+pub(super) const RANGE_MIN_ROWS: usize = 32;
+
+/// The position of the key's value among a run's values (its last) when runs of `kind` on
+/// `rel` may take [`Form::Range`]: a key of one integer column sent as an integer array,
+/// updates that leave it unchanged or deletes, and a table whose rows may be changed in any
+/// order within a statement. The range form changes rows in the table's order rather than
+/// the run's; that is the same result only where no unique or exclusion constraint besides
+/// the key is checked row by row (updates of such tables do not even make runs) and no
+/// trigger fires during the apply.
+pub(super) fn range_key(rel: &RelInfo, kind: &Kind, values: usize) -> Option<usize> {
+    let &[k] = rel.key.as_slice() else {
+        return None;
+    };
+    let unchanged = match kind {
+        Kind::Update { set } => !set.get(k).copied().unwrap_or(true),
+        Kind::Delete => true,
+        _ => false,
+    };
+    (unchanged
+        && !rel.extra_unique
+        && !rel.ordered
+        && rel.columns[k].wire != Wire::Text
+        && values > 0)
+        .then(|| values - 1)
 }
 
 /// The [`super::super::coalesce::key_hash`]es of the keys an update touches (a run must not touch a key twice).
@@ -278,8 +317,9 @@ pub(super) fn param_columns(rel: &RelInfo, kind: &Kind) -> Vec<usize> {
 }
 
 /// The SQL of one statement. Parameters are text (`$n::text`) or arrays, in this order:
-/// SET or inserted columns, then key or old-row columns.
-pub(super) fn statement_sql(rel: &RelInfo, kind: &Kind, multi: bool) -> String {
+/// SET or inserted columns, then key or old-row columns; for [`Form::Range`], then the
+/// lowest and the highest key (`int8`).
+pub(super) fn statement_sql(rel: &RelInfo, kind: &Kind, form: Form) -> String {
     let t = rel.table.to_string();
     let all: Vec<usize> = (0..rel.columns.len()).collect();
     let picked =
@@ -292,6 +332,28 @@ pub(super) fn statement_sql(rel: &RelInfo, kind: &Kind, multi: bool) -> String {
         n += 1;
         n
     };
+    // How a multi-row statement matches the table's rows to the run's, by key. In the range
+    // form, `+ 0` keeps the planner from looking up each row through the index by the key
+    // (a nested loop): it reads the index over the keys' range once and joins by hashing.
+    let range = form == Form::Range;
+    let key_conds = |param: &mut dyn FnMut() -> usize| -> String {
+        let mut conds: Vec<String> = rel
+            .key
+            .iter()
+            .map(|&i| match range {
+                false => format!("t.{} = v.k{i}::{}", col(i), cast(i)),
+                true => format!("(t.{} + 0) = (v.k{i}::{} + 0)", col(i), cast(i)),
+            })
+            .collect();
+        if range {
+            for &i in &rel.key {
+                let (lo, hi) = (param(), param());
+                conds.push(format!("t.{} BETWEEN ${lo}::int8 AND ${hi}::int8", col(i)));
+            }
+        }
+        conds.join(" AND ")
+    };
+    let multi = form != Form::Row;
     match (kind, multi) {
         (Kind::Insert, false) => {
             let cols: Vec<String> = all.iter().map(|&i| col(i)).collect();
@@ -357,16 +419,11 @@ pub(super) fn statement_sql(rel: &RelInfo, kind: &Kind, multi: bool) -> String {
                 .iter()
                 .map(|&i| format!("{} = v.p{i}::{}", col(i), cast(i)))
                 .collect();
-            let conds: Vec<String> = rel
-                .key
-                .iter()
-                .map(|&i| format!("t.{} = v.k{i}::{}", col(i), cast(i)))
-                .collect();
             format!(
                 "UPDATE ONLY {t} AS t SET {} FROM {} WHERE {}",
                 sets.join(", "),
                 unnested(&arrays, &names),
-                conds.join(" AND ")
+                key_conds(&mut param)
             )
         }
         (Kind::Delete, false) => {
@@ -384,15 +441,10 @@ pub(super) fn statement_sql(rel: &RelInfo, kind: &Kind, multi: bool) -> String {
                 .map(|&i| format!("${}::{}", param(), array(i)))
                 .collect();
             let names: Vec<String> = rel.key.iter().map(|i| format!("k{i}")).collect();
-            let conds: Vec<String> = rel
-                .key
-                .iter()
-                .map(|&i| format!("t.{} = v.k{i}::{}", col(i), cast(i)))
-                .collect();
             format!(
                 "DELETE FROM ONLY {t} AS t USING {} WHERE {}",
                 unnested(&arrays, &names),
-                conds.join(" AND ")
+                key_conds(&mut param)
             )
         }
         (Kind::FullUpdate { old, nulls, set }, _) => {
@@ -519,7 +571,7 @@ mod tests {
     fn statements_quote_names_and_number_parameters_in_order() {
         let r = rel(b'd');
         assert_eq!(
-            statement_sql(&r, &Kind::Insert, false),
+            statement_sql(&r, &Kind::Insert, Form::Row),
             "INSERT INTO \"app\".\"Odd \"\"name\"\"\" (\"id\", \"note\", \"doc\") VALUES ($1::text::integer, \
              $2::text::text, $3::text::jsonb)"
         );
@@ -527,23 +579,23 @@ mod tests {
             set: smallvec![true, false, true],
         };
         assert_eq!(
-            statement_sql(&r, &upd, false),
+            statement_sql(&r, &upd, Form::Row),
             "UPDATE ONLY \"app\".\"Odd \"\"name\"\"\" SET \"id\" = $1::text::integer, \"doc\" = \
              $2::text::jsonb WHERE \"id\" = $3::text::integer"
         );
         assert_eq!(
-            statement_sql(&r, &upd, true),
+            statement_sql(&r, &upd, Form::Rows),
             "UPDATE ONLY \"app\".\"Odd \"\"name\"\"\" AS t SET \"id\" = v.p0::integer, \"doc\" = \
              v.p2::jsonb FROM (SELECT unnest($1::text[]) AS p0, unnest($2::text[]) AS p2, \
              unnest($3::text[]) AS k0) AS v WHERE t.\"id\" = v.k0::integer"
         );
         assert_eq!(
-            statement_sql(&r, &Kind::Delete, true),
+            statement_sql(&r, &Kind::Delete, Form::Rows),
             "DELETE FROM ONLY \"app\".\"Odd \"\"name\"\"\" AS t USING (SELECT unnest($1::text[]) AS k0) \
              AS v WHERE t.\"id\" = v.k0::integer"
         );
         assert_eq!(
-            statement_sql(&r, &Kind::Insert, true),
+            statement_sql(&r, &Kind::Insert, Form::Rows),
             "INSERT INTO \"app\".\"Odd \"\"name\"\"\" (\"id\", \"note\", \"doc\") SELECT v.p0::integer, \
              v.p1::text, v.p2::jsonb FROM (SELECT unnest($1::text[]) AS p0, unnest($2::text[]) AS p1, \
              unnest($3::text[]) AS p2) AS v"
@@ -552,12 +604,29 @@ mod tests {
         let mut typed = rel(b'd');
         typed.columns[0].wire = Wire::Int4;
         assert_eq!(
-            statement_sql(&typed, &upd, true),
+            statement_sql(&typed, &upd, Form::Rows),
             "UPDATE ONLY \"app\".\"Odd \"\"name\"\"\" AS t SET \"id\" = v.p0::integer, \"doc\" = \
              v.p2::jsonb FROM (SELECT unnest($1::int4[]) AS p0, unnest($2::text[]) AS p2, \
              unnest($3::int4[]) AS k0) AS v WHERE t.\"id\" = v.k0::integer"
         );
         assert_eq!(param_columns(&typed, &upd), vec![0, 2, 0]);
+        // Dense integer keys: the table read over their range, joined by hashing; the bounds
+        // come after the arrays.
+        let keep_key = Kind::Update {
+            set: smallvec![false, true, true],
+        };
+        assert_eq!(
+            statement_sql(&typed, &keep_key, Form::Range),
+            "UPDATE ONLY \"app\".\"Odd \"\"name\"\"\" AS t SET \"note\" = v.p1::text, \"doc\" = \
+             v.p2::jsonb FROM (SELECT unnest($1::text[]) AS p1, unnest($2::text[]) AS p2, \
+             unnest($3::int4[]) AS k0) AS v WHERE (t.\"id\" + 0) = (v.k0::integer + 0) AND \
+             t.\"id\" BETWEEN $4::int8 AND $5::int8"
+        );
+        assert_eq!(
+            statement_sql(&typed, &Kind::Delete, Form::Range),
+            "DELETE FROM ONLY \"app\".\"Odd \"\"name\"\"\" AS t USING (SELECT unnest($1::int4[]) AS k0) \
+             AS v WHERE (t.\"id\" + 0) = (v.k0::integer + 0) AND t.\"id\" BETWEEN $2::int8 AND $3::int8"
+        );
         // REPLICA IDENTITY FULL: NULL old values are matched by IS NULL and take no
         // parameter; a built-in type with a btree equality is compared with `=` as well.
         let mut full_rel = rel(b'f');
@@ -579,7 +648,7 @@ mod tests {
         );
         assert_eq!(values, vec![v("7"), v("{}")]);
         assert_eq!(
-            statement_sql(&full_rel, &kind, false),
+            statement_sql(&full_rel, &kind, Form::Row),
             "DELETE FROM ONLY \"app\".\"Odd \"\"name\"\"\" WHERE ctid = (SELECT s.ctid FROM ONLY \
              \"app\".\"Odd \"\"name\"\"\" AS s WHERE s.\"id\" = ($1::text::integer) AND \
              s.\"id\"::text = ($1::text::integer)::text AND s.\"doc\"::text = \
@@ -604,12 +673,46 @@ mod tests {
         );
         assert_eq!(values, vec![None, v("1")]);
         assert_eq!(
-            statement_sql(&full_rel, &kind, false),
+            statement_sql(&full_rel, &kind, Form::Row),
             "UPDATE ONLY \"app\".\"Odd \"\"name\"\"\" SET \"note\" = $1::text::text WHERE ctid = \
              (SELECT s.ctid FROM ONLY \"app\".\"Odd \"\"name\"\"\" AS s WHERE s.\"id\" = \
              ($2::text::integer) AND s.\"id\"::text = ($2::text::integer)::text AND \
              s.\"note\" IS NULL LIMIT 1)"
         );
+    }
+
+    /// Which runs may read the table over their keys' range: a single integer key that the
+    /// run does not change, on a table whose rows may change in any order.
+    #[test]
+    fn only_runs_on_an_unchanged_integer_key_of_an_order_free_table_take_the_range_form() {
+        let int8 = || {
+            let mut r = rel(b'd');
+            r.columns[0].wire = Wire::Int8;
+            r
+        };
+        let typed = int8();
+        let keep_key = Kind::Update {
+            set: smallvec![false, true, false],
+        };
+        let change_key = Kind::Update {
+            set: smallvec![true, true, false],
+        };
+        assert_eq!(range_key(&typed, &keep_key, 2), Some(1));
+        assert_eq!(range_key(&typed, &Kind::Delete, 1), Some(0));
+        assert_eq!(range_key(&typed, &change_key, 3), None);
+        assert_eq!(range_key(&typed, &Kind::Insert, 3), None);
+        // A text key, two key columns, another unique constraint, triggers that fire.
+        assert_eq!(range_key(&rel(b'd'), &Kind::Delete, 1), None);
+        let mut two = rel(b'd');
+        two.columns[0].wire = Wire::Int4;
+        two.key = vec![0, 1];
+        assert_eq!(range_key(&two, &Kind::Delete, 2), None);
+        let mut unique = int8();
+        unique.extra_unique = true;
+        assert_eq!(range_key(&unique, &Kind::Delete, 1), None);
+        let mut ordered = int8();
+        ordered.ordered = true;
+        assert_eq!(range_key(&ordered, &keep_key, 2), None);
     }
 
     /// The elements of a one-dimensional binary array: (element type, each value's bytes).
