@@ -77,7 +77,7 @@
 //!   hashing: `WHERE (t.id + 0) = (v.k + 0) AND t.id BETWEEN lo AND hi`, where `+ 0` keeps
 //!   the planner from choosing a lookup per row. Rows are then changed in the table's order,
 //!   not the run's, so only tables whose result cannot depend on that order take this form
-//!   (see `range_key` in `sql.rs`). Measured statement by statement: 15–30 % less target CPU for
+//!   (see `range_key` in `sql.rs`). Measured statement by statement: 12–32 % less target CPU for
 //!   1000-row update runs, the same as the lookups at a range four times the rows.
 //! * **Bounded memory.** The buffer is sent when full ([`super::coalesce::MAX_CHANGES`],
 //!   [`super::coalesce::MAX_BYTES`]), a run is at most [`MAX_RUN`] rows and at most
