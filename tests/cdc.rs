@@ -2373,7 +2373,7 @@ async fn runs_of_dense_integer_keys_read_the_table_once_over_their_range() {
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let counted = scans(&tgt, "dense4").await.1 - before;
-    // 196 lookups for the sparse rows, a few scans for the 5 000 dense ones.
+    // 196 lookups for the sparse rows, a few scans for the 4 500 dense ones.
     assert!(
         (196..250).contains(&counted),
         "{counted} index scans of dense4 on the target"
