@@ -392,7 +392,7 @@ pct() { calc "100*($1-$TPS_BASE)/$TPS_BASE" 1; }
   if ran bulk; then
   echo "| catch-up, bulk backlog ($BULK_ROWS rows, $BATCH-row txns, target table $BULK_STATE) | ${RATE[native.bulk]} rows/s | ${RATE[pgcutover.bulk]} rows/s ($(calc "${RATE[pgcutover.bulk]}/${RATE[native.bulk]}" 2)x) |"
   echo "| bulk catch-up: seconds; CPU s of walsender / apply / daemon | ${CPU_MED[native.bulk.wall]}; ${CPU_MED[native.bulk.ws]} / ${CPU_MED[native.bulk.apply]} / – | ${CPU_MED[pgcutover.bulk.wall]}; ${CPU_MED[pgcutover.bulk.ws]} / ${CPU_MED[pgcutover.bulk.apply]} / ${CPU_MED[pgcutover.bulk.daemon]} |"
-  echo "| floor: the bulk's rows updated by key in 2 sessions, nothing decoded (CPU s) | $FLOOR | |"
+  echo "| floor: the bulk's rows updated over their key range in 2 sessions, nothing decoded (CPU s) | $FLOOR | |"
   echo "| bound for any consumer on $(nproc) cores: (least walsender CPU $WS_MIN + floor) / $(nproc) | $BOUND s = $(calc "$BULK_ROWS/$BOUND" 0) rows/s = $(calc "$BULK_ROWS/$BOUND/${RATE[native.bulk]}" 2)x native | |"
   fi
   echo "| daemon peak RSS | – | $(calc "$PEAK_KB/1024" 1) MB |"
