@@ -23,7 +23,7 @@
 # LIVE=0 / CATCHUP=0 leave out one half; WORKLOADS="bulk" (default "pgbench bulk") picks the
 # backlogs; BULK_STATE=fresh|vacuumed|asis sets the state of the target table the bulk backlog
 # meets (see bulk_state below); APPLY_SESSIONS sets pgcutover's replication.apply_sessions
-# (default 2).
+# (default 2); QUIET=1 starts each catch-up with no autovacuum running (see quiet below).
 #
 # Reuses the shared harness (clusters, dataset, markers, workloads, lag sampler).
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -241,6 +241,7 @@ catchup() {   # catchup native|pgcutover WORKLOAD ROUND MARKER
   if [ "$who" = native ]; then native_on; else ours_on; fi
   wait_marker_in "$db" "$id"
   t1=$(now)
+  raw "catchup_${w}_autovacuums_at_end_$who" "$r" "$(autovacuums)" workers
   # where the catch-up's CPU went: the source's walsender, the target's apply backends (the
   # native worker, or pgcutover's sessions), pgcutover's daemon
   if [ "$who" = native ]; then
@@ -262,6 +263,26 @@ catchup() {   # catchup native|pgcutover WORKLOAD ROUND MARKER
   rate=$(calc "$changes/$(elapsed "$t0" "$t1")" 0)
   raw "catchup_${w}_rows_per_s_$who" "$r" "$rate" rows/s
   RATE_LIST[$who.$w]+="$rate "
+}
+# Autovacuum workers running on either cluster. The backlog just written makes the source
+# vacuum its tables, and the consumer that went first leaves its database on the target to be
+# vacuumed while the second one catches up: that database exists only because both consumers
+# share one target cluster here, and the vacuum costs a consumer that keeps both cores busy
+# (pgcutover) more than one that leaves a core idle (the native worker). QUIET=1 starts each
+# catch-up's clock on a quiet machine: no autovacuum worker on either cluster (waited for, up
+# to 300 s); a worker may still start during the catch-up. Either way the script records how
+# many were running when each catch-up ended. (Session 18's run with QUIET=1 did not differ
+# from those without, so the default stays 0, as in every run before.)
+autovacuums() {
+  echo $(( $(srcq "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'") \
+    + $(dstq "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'") ))
+}
+no_autovacuum() { [ "$(autovacuums)" = 0 ]; }
+quiet() {   # quiet WHO WORKLOAD ROUND
+  local t0; t0=$(now)
+  wait_until 300 0.5 no_autovacuum \
+    || note "autovacuum still running after 300 s before the $2 catch-up of $1 (round $3)"
+  raw "quiet_wait_s_${2}_$1" "$3" "$(elapsed "$t0" "$(now)")" s
 }
 # The state the bulk backlog finds pgbench_accounts in on the target (both databases alike)
 # weighs on every consumer's apply: BULK_STATE=fresh rewrites it first (VACUUM FULL: packed
@@ -289,6 +310,7 @@ bulk_state() {
     # alternate who goes first
     if [ $((r % 2)) = 1 ]; then firsts="native pgcutover"; else firsts="pgcutover native"; fi
     for who in $firsts; do
+      [ "${QUIET:-0}" = 0 ] || quiet "$who" "$w" "$r"
       # native_on waits out the launcher's restart interval before its clock starts
       if [ "$who" = native ]; then
         while [ "$(elapsed "$NATIVE_OFF_AT" "$(now)" | cut -d. -f1)" -lt 6 ]; do sleep 0.2; done
