@@ -16,11 +16,15 @@
 //! [`wakeup`] while it receives nothing, so on a live connection the stamp moves between
 //! the two reads. The verdict ([`judge`]) is *dead* when the slot has no walsender any more
 //! (the source ended its side, after `wal_sender_timeout`), when another session holds it,
-//! when the stamp did not move (the source hears nothing from this stream: its walsender is
+//! when the stamp did not move although the walsender was waiting at the second read, where
+//! it reads the stream's updates (the source hears nothing from this stream: its walsender is
 //! ended, so that the reconnect can take the slot at once, even with `wal_sender_timeout`
 //! off), or when the source cannot be reached on a new connection either. Anything else, a
 //! stamp the role may not see and a source that answers but refuses the probe's connection
-//! (out of connection slots) included, is *alive*, and the stream is left alone: a probe
+//! (out of connection slots) included, is *alive*, and the stream is left alone. So is a
+//! stamp that stood still while the walsender was busy on the CPU or on I/O: spilling a large
+//! transaction to disk or reading it back takes it away from its socket for longer than the
+//! probe's gap on a loaded machine (a test's walsender did, and was ended). A probe
 //! never ends a stream that the source still hears, so a walsender busy for an hour is never
 //! restarted (it would start reading again from the slot's restart point). An event from
 //! the stream cancels a probe under way; the session goes on applying meanwhile.
@@ -76,7 +80,7 @@ pub fn judge(first: Option<SlotSender>, second: Option<SlotSender>, gap: Duratio
         );
     }
     match (first.and_then(|f| f.reply_time), now.reply_time) {
-        (Some(a), Some(b)) if a == b => dead(
+        (Some(a), Some(b)) if a == b && now.waiting => dead(
             format!(
                 "the source received nothing from the stream in {:.1} s (its walsender, pid \
                  {pid}, is ended so that the slot is free again)",
@@ -146,7 +150,19 @@ mod tests {
     use super::*;
 
     fn seen(pid: Option<i32>, reply_time: Option<f64>) -> Option<SlotSender> {
-        Some(SlotSender { pid, reply_time })
+        Some(SlotSender {
+            pid,
+            reply_time,
+            waiting: true,
+        })
+    }
+
+    fn busy(pid: Option<i32>, reply_time: Option<f64>) -> Option<SlotSender> {
+        Some(SlotSender {
+            pid,
+            reply_time,
+            waiting: false,
+        })
     }
 
     #[test]
@@ -177,6 +193,25 @@ mod tests {
         assert!(
             why.contains("received nothing") && why.contains("2.0 s"),
             "{why}"
+        );
+        // The stamp stood still while the walsender was busy (spilling or reading back a
+        // large transaction, say): it may not have read its socket yet, so it is left alone;
+        // once it waits again, a stamp that still stands still ends it.
+        assert_eq!(
+            judge(busy(Some(7), Some(10.0)), busy(Some(7), Some(10.0)), gap),
+            Verdict::Alive
+        );
+        assert_eq!(
+            judge(seen(Some(7), Some(10.0)), busy(Some(7), Some(10.0)), gap),
+            Verdict::Alive
+        );
+        assert!(
+            dead_with(judge(
+                busy(Some(7), Some(10.0)),
+                seen(Some(7), Some(10.0)),
+                gap
+            ))
+            .is_some()
         );
         // The source ended its side: nothing to end.
         let (stale, why) =

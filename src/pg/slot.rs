@@ -256,15 +256,24 @@ pub struct SlotSender {
     /// reply_time`, in seconds since 1970 by the consumer's clock); none before the first, or
     /// when the role may not see the walsender's statistics.
     pub reply_time: Option<f64>,
+    /// The walsender was waiting: for the consumer to take what it sent, for the consumer to
+    /// say something, or for WAL. It reads the consumer's status updates while it waits, so
+    /// a `reply_time` that stands still then means that none arrive. Otherwise (busy on the
+    /// CPU or on I/O, such as spilling or reading back a large transaction, or a role that
+    /// may not see its wait) it may simply not have looked at its socket yet.
+    pub waiting: bool,
 }
 
 /// Who streams from `slot` now, or `None` when there is no such slot.
 pub async fn slot_sender(client: &Client, slot: &str) -> Result<Option<SlotSender>, SqlError> {
     let row = client
         .query_opt(
-            "SELECT s.active_pid, extract(epoch FROM r.reply_time)::float8
+            "SELECT s.active_pid, extract(epoch FROM r.reply_time)::float8,
+                    coalesce(a.wait_event IN ('WalSenderMain', 'WalSenderWaitForWAL',
+                                              'WalSenderWriteData'), false)
                FROM pg_replication_slots s
                LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid
+               LEFT JOIN pg_stat_activity a ON a.pid = s.active_pid
               WHERE s.slot_name = $1",
             &[&slot],
         )
@@ -273,6 +282,7 @@ pub async fn slot_sender(client: &Client, slot: &str) -> Result<Option<SlotSende
     Ok(row.map(|r| SlotSender {
         pid: r.get(0),
         reply_time: r.get(1),
+        waiting: r.get(2),
     }))
 }
 
