@@ -181,9 +181,15 @@ src -c "VACUUM ANALYZE" >/dev/null; dst -c "VACUUM ANALYZE" >/dev/null; ourq "VA
 
 # ---- 1. live
 TPS_LIST_none=(); TPS_LIST_native=(); TPS_LIST_pgcutover=(); CPU_LIST_native=(); CPU_LIST_pgcutover=()
+declare -A AV_LIVE
 HB="$BENCH_TMP/logs/heartbeat-lag.txt"; : > "$HB"
 SLOTLAG_native="$BENCH_TMP/logs/slotlag-native.txt"; SLOTLAG_pgcutover="$BENCH_TMP/logs/slotlag-pgcutover.txt"
 : > "$SLOTLAG_native"; : > "$SLOTLAG_pgcutover"
+# Autovacuum workers running on either cluster now.
+autovacuums() {
+  echo $(( $(srcq "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'") \
+    + $(dstq "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'") ))
+}
 live() {   # live none|native|pgcutover ROUND
   local who="$1" r="$2" out="$BENCH_TMP/logs/pgb-$1-$2.txt" csv="$BENCH_TMP/logs/lag-$1-$2.csv" pids ts te n hb_pid=""
   if [ "$who" = none ]; then only; else only "$who"; fi
@@ -203,9 +209,17 @@ live() {   # live none|native|pgcutover ROUND
         done ) &
       hb_pid=$!; BG_PIDS+=("$hb_pid") ;;
   esac
+  # autovacuum workers running on either cluster, sampled every second of the round: their
+  # work takes the same cores as pgbench and the consumer
+  ( for _ in $(seq 1 $((PGBENCH_T + 5))); do autovacuums; sleep 1; done ) > "$BENCH_TMP/av-live" &
+  local av_pid=$!; BG_PIDS+=("$av_pid")
   ts=$(now)
   run_pgbench "$SRC_PORT" "$out" -c "$CLIENTS" -j "$THREADS" -T "$PGBENCH_T"
   te=$(now)
+  kill "$av_pid" 2>/dev/null; wait "$av_pid" 2>/dev/null || true
+  local av; av=$(awk '{s += $1} END {print s + 0}' "$BENCH_TMP/av-live")
+  raw "autovacuum_worker_seconds_$who" "$r" "$av" s
+  AV_LIVE[$who]+="$av "
   [ -n "$hb_pid" ] && { kill "$hb_pid" 2>/dev/null; wait "$hb_pid" 2>/dev/null || true; }
   if [ "$who" != none ]; then
     local db="$DBNAME"; [ "$who" = pgcutover ] && db="$OURDB"
@@ -296,8 +310,8 @@ catchup() {   # catchup native|pgcutover WORKLOAD ROUND MARKER
   raw "catchup_${w}_rows_per_s_$who" "$r" "$rate" rows/s
   RATE_LIST[$who.$w]+="$rate "
 }
-# Autovacuum workers running on either cluster. The backlog just written makes the source
-# vacuum its tables, and the consumer that went first leaves its database on the target to be
+# Autovacuum during the catch-ups. The backlog just written makes the source vacuum its
+# tables, and the consumer that went first leaves its database on the target to be
 # vacuumed while the second one catches up: that database exists only because both consumers
 # share one target cluster here, and the vacuum costs a consumer that keeps both cores busy
 # (pgcutover) more than one that leaves a core idle (the native worker). QUIET=1 starts each
@@ -305,10 +319,6 @@ catchup() {   # catchup native|pgcutover WORKLOAD ROUND MARKER
 # to 300 s); a worker may still start during the catch-up. Either way the script records how
 # many were running when each catch-up ended. (Session 18's run with QUIET=1 did not differ
 # from those without, so the default stays 0, as in every run before.)
-autovacuums() {
-  echo $(( $(srcq "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'") \
-    + $(dstq "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'") ))
-}
 no_autovacuum() { [ "$(autovacuums)" = 0 ]; }
 quiet() {   # quiet WHO WORKLOAD ROUND
   local t0; t0=$(now)
@@ -415,12 +425,12 @@ for w in $WORKLOADS; do
   done
 done
 metric pgcutover_peak_rss "$(calc "$PEAK_KB/1024" 1)" MB
-# shellcheck disable=SC2086
-for k in native.bulk.ws native.bulk.apply pgcutover.bulk.ws pgcutover.bulk.apply pgcutover.bulk.daemon native.bulk.wall pgcutover.bulk.wall \
-  {native,pgcutover}.bulk.{idle,steal,other}; do
-  CPU_MED[$k]=$(med ${CPU_OF[$k]})
-done
 if ran bulk; then
+  # shellcheck disable=SC2086
+  for k in native.bulk.ws native.bulk.apply pgcutover.bulk.ws pgcutover.bulk.apply pgcutover.bulk.daemon \
+    native.bulk.wall pgcutover.bulk.wall {native,pgcutover}.bulk.{idle,steal,other}; do
+    CPU_MED[$k]=$(med ${CPU_OF[$k]})
+  done
   # shellcheck disable=SC2086
   WS_MIN=$(minof ${CPU_OF[native.bulk.ws]} ${CPU_OF[pgcutover.bulk.ws]})
   FLOOR=$(med "${FLOOR_CPU[@]}")
@@ -437,6 +447,8 @@ pct() { calc "100*($1-$TPS_BASE)/$TPS_BASE" 1; }
   # Each half's rows only when it ran (LIVE=0 or CATCHUP=0 leaves one out).
   if [ "${LIVE:-1}" != 0 ]; then
   echo "| source TPS (no replication: $TPS_BASE) | $TPS_NATIVE ($(pct "$TPS_NATIVE") %) | $TPS_OURS ($(pct "$TPS_OURS") %) |"
+  # shellcheck disable=SC2086
+  echo "| autovacuum worker-seconds during the round (none: $(med ${AV_LIVE[none]})) | $(med ${AV_LIVE[native]}) | $(med ${AV_LIVE[pgcutover]}) |"
   echo "| replication CPU per 1000 source transactions (ms) | $CPU_NATIVE | $CPU_OURS ($(calc "$CPU_OURS/$CPU_NATIVE" 2)x) |"
   echo "| slot lag under pgbench, median / max (bytes) | $NATIVE_LAG_MED / $NATIVE_LAG_MAX | $OURS_LAG_MED / $OURS_LAG_MAX |"
   echo "| end-to-end lag under pgbench, p50 / p99 / max (s) | – | $HB_P50 / $HB_P99 / $HB_MAX |"
