@@ -249,9 +249,9 @@ done
 declare -A RATE_LIST CPU_OF
 # CPU seconds a process has used since it started (the consumer's processes start with it)
 cpu_s() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; calc "$t/$(getconf CLK_TCK)" 2; }
-# The whole machine's clock ticks so far: busy, idle (iowait included) and stolen by the
-# hypervisor (the time a virtual CPU wanted to run and the host ran something else).
-machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $5 + $6, $9}' /proc/stat; }
+# The whole machine's clock ticks so far: busy, idle, idle waiting for I/O, and stolen by
+# the hypervisor (the time a virtual CPU wanted to run and the host ran something else).
+machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $5, $6, $9}' /proc/stat; }
 # HOG=PCT: a neighbour, one process that keeps PCT % of one core busy (5 ms slices) during
 # every catch-up of both consumers, to see how each one's rate bears a share of the cores
 # taken by someone else (default 0: none).
@@ -268,12 +268,12 @@ catchup() {   # catchup native|pgcutover WORKLOAD ROUND MARKER
   local who="$1" w="$2" r="$3" id="$4" db="$DBNAME" t0 t1 rate changes ws apply daemon=0
   [ "$who" = pgcutover ] && db="$OURDB"
   hog_on
-  read -r busy0 idle0 steal0 < <(machine_ticks)
+  read -r busy0 idle0 iowait0 steal0 < <(machine_ticks)
   t0=$(now)
   if [ "$who" = native ]; then native_on; else ours_on; fi
   wait_marker_in "$db" "$id"
   t1=$(now)
-  read -r busy1 idle1 steal1 < <(machine_ticks)
+  read -r busy1 idle1 iowait1 steal1 < <(machine_ticks)
   hog_off
   raw "catchup_${w}_autovacuums_at_end_$who" "$r" "$(autovacuums)" workers
   # where the catch-up's CPU went: the source's walsender, the target's apply backends (the
@@ -291,12 +291,14 @@ catchup() {   # catchup native|pgcutover WORKLOAD ROUND MARKER
   CPU_OF[$who.$w.ws]+="$ws "; CPU_OF[$who.$w.apply]+="$apply "; CPU_OF[$who.$w.daemon]+="$daemon "
   raw "catchup_${w}_seconds_$who" "$r" "$(elapsed "$t0" "$t1")" s
   CPU_OF[$who.$w.wall]+="$(elapsed "$t0" "$t1") "
-  # the rest of the machine over the catch-up, in core-seconds: idle, taken by the host, and
-  # busy with anything but this consumer's processes (the hog, autovacuum, checkpoints, ...)
+  # the rest of the machine over the catch-up, in core-seconds: idle (of it, waiting for
+  # I/O), taken by the host, and busy with anything but this consumer's processes (the hog,
+  # autovacuum, checkpoints, ...)
   local tck k v; tck=$(getconf CLK_TCK)
-  for k in idle steal other; do
+  for k in idle iowait steal other; do
     case $k in
-      idle) v=$(calc "($idle1 - $idle0) / $tck" 2) ;;
+      idle) v=$(calc "($idle1 - $idle0 + $iowait1 - $iowait0) / $tck" 2) ;;
+      iowait) v=$(calc "($iowait1 - $iowait0) / $tck" 2) ;;
       steal) v=$(calc "($steal1 - $steal0) / $tck" 2) ;;
       other) v=$(calc "($busy1 - $busy0) / $tck - $ws - $apply - $daemon" 2) ;;
     esac
@@ -428,7 +430,7 @@ metric pgcutover_peak_rss "$(calc "$PEAK_KB/1024" 1)" MB
 if ran bulk; then
   # shellcheck disable=SC2086
   for k in native.bulk.ws native.bulk.apply pgcutover.bulk.ws pgcutover.bulk.apply pgcutover.bulk.daemon \
-    native.bulk.wall pgcutover.bulk.wall {native,pgcutover}.bulk.{idle,steal,other}; do
+    native.bulk.wall pgcutover.bulk.wall {native,pgcutover}.bulk.{idle,iowait,steal,other}; do
     CPU_MED[$k]=$(med ${CPU_OF[$k]})
   done
   # shellcheck disable=SC2086
@@ -459,7 +461,7 @@ pct() { calc "100*($1-$TPS_BASE)/$TPS_BASE" 1; }
   if ran bulk; then
   echo "| catch-up, bulk backlog ($BULK_ROWS rows, $BATCH-row txns, target table $BULK_STATE) | ${RATE[native.bulk]} rows/s | ${RATE[pgcutover.bulk]} rows/s ($(calc "${RATE[pgcutover.bulk]}/${RATE[native.bulk]}" 2)x) |"
   echo "| bulk catch-up: seconds; CPU s of walsender / apply / daemon | ${CPU_MED[native.bulk.wall]}; ${CPU_MED[native.bulk.ws]} / ${CPU_MED[native.bulk.apply]} / – | ${CPU_MED[pgcutover.bulk.wall]}; ${CPU_MED[pgcutover.bulk.ws]} / ${CPU_MED[pgcutover.bulk.apply]} / ${CPU_MED[pgcutover.bulk.daemon]} |"
-  echo "| bulk catch-up: the rest of the machine, core-seconds idle / stolen by the host / busy with other processes$([ "$HOG" = 0 ] || echo " (a neighbour took $HOG % of a core)") | ${CPU_MED[native.bulk.idle]} / ${CPU_MED[native.bulk.steal]} / ${CPU_MED[native.bulk.other]} | ${CPU_MED[pgcutover.bulk.idle]} / ${CPU_MED[pgcutover.bulk.steal]} / ${CPU_MED[pgcutover.bulk.other]} |"
+  echo "| bulk catch-up: the rest of the machine, core-seconds idle (of it waiting for I/O) / stolen by the host / busy with other processes$([ "$HOG" = 0 ] || echo " (a neighbour took $HOG % of a core)") | ${CPU_MED[native.bulk.idle]} (${CPU_MED[native.bulk.iowait]}) / ${CPU_MED[native.bulk.steal]} / ${CPU_MED[native.bulk.other]} | ${CPU_MED[pgcutover.bulk.idle]} (${CPU_MED[pgcutover.bulk.iowait]}) / ${CPU_MED[pgcutover.bulk.steal]} / ${CPU_MED[pgcutover.bulk.other]} |"
   echo "| floor: the bulk's rows updated over their key range in 2 sessions, nothing decoded (CPU s) | $FLOOR | |"
   echo "| bound for any consumer on $(nproc) cores: (least walsender CPU $WS_MIN + floor) / $(nproc) | $BOUND s = $(calc "$BULK_ROWS/$BOUND" 0) rows/s = $(calc "$BULK_ROWS/$BOUND/${RATE[native.bulk]}" 2)x native | |"
   fi
