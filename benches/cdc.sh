@@ -24,7 +24,8 @@
 # backlogs; BULK_STATE=fresh|vacuumed|asis sets the state of the target table the bulk backlog
 # meets (see bulk_state below); APPLY_SESSIONS sets pgcutover's replication.apply_sessions
 # (default 2); QUIET=1 starts each catch-up with no autovacuum running (see quiet below);
-# HOG=PCT runs a neighbour that takes PCT % of one core during every catch-up (see hog_on).
+# HOG=PCT runs a neighbour that takes PCT % of one core during every catch-up (see hog_on);
+# WAITS=1 samples what the consumer's server processes wait for (see waits_on).
 #
 # Reuses the shared harness (clusters, dataset, markers, workloads, lag sampler).
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -264,17 +265,54 @@ hog_on() {
   HOG_PID=$!; BG_PIDS+=("$HOG_PID")
 }
 hog_off() { [ -z "${HOG_PID:-}" ] || { kill "$HOG_PID" 2>/dev/null; wait "$HOG_PID" 2>/dev/null || true; HOG_PID=""; }; }
+# WAITS=1: during every catch-up, one session on each cluster looks ten times a second at
+# what the consumer's server processes wait for (`wait_event`; CPU when none) and the counts
+# are recorded (RAW catchup_<workload>_waits_{source,target}_<who>); off by default (two
+# more sessions on the machine).
+waits_on() {   # waits_on WHO
+  [ "${WAITS:-0}" = 0 ] && return 0
+  local tgt="application_name = 'pgcutover-apply'"
+  [ "$1" = native ] && tgt="backend_type = 'logical replication worker'"
+  wait_sampler "$SRC_PORT" "backend_type = 'walsender'" > "$BENCH_TMP/waits-source" 2>&1 &
+  WAITS_PIDS=("$!"); BG_PIDS+=("$!")
+  wait_sampler "$DST_PORT" "$tgt" > "$BENCH_TMP/waits-target" 2>&1 &
+  WAITS_PIDS+=("$!"); BG_PIDS+=("$!")
+}
+wait_sampler() {   # wait_sampler PORT FILTER: a warning per process and sample, for 10 min at most
+  PGAPPNAME=bench_waits psql_port "$1" -d postgres -c "DO \$\$ DECLARE r record; BEGIN
+      FOR i IN 1..6000 LOOP
+        PERFORM pg_stat_clear_snapshot();
+        FOR r IN SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU') AS w
+                   FROM pg_stat_activity WHERE $2 LOOP
+          RAISE WARNING 'W %', r.w;   -- the harness hides notices
+        END LOOP;
+        PERFORM pg_sleep(0.1);
+      END LOOP; END \$\$" || true
+}
+waits_off() {   # waits_off WORKLOAD WHO ROUND
+  [ "${WAITS:-0}" = 0 ] && return 0
+  local side port
+  for port in "$SRC_PORT" "$DST_PORT"; do
+    psql_port "$port" -d postgres -At -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+      WHERE application_name = 'bench_waits'" >/dev/null
+  done
+  wait "${WAITS_PIDS[@]}" 2>/dev/null || true
+  for side in source target; do
+    raw "catchup_${1}_waits_${side}_$2" "$3" "$(awk '/WARNING:  W / {print $NF}' "$BENCH_TMP/waits-$side" \
+      | sort | uniq -c | sort -rn | awk '{printf "%s%s=%d", (NR > 1 ? "," : ""), $2, $1}')" samples
+  done
+}
 catchup() {   # catchup native|pgcutover WORKLOAD ROUND MARKER
   local who="$1" w="$2" r="$3" id="$4" db="$DBNAME" t0 t1 rate changes ws apply daemon=0
   [ "$who" = pgcutover ] && db="$OURDB"
-  hog_on
+  hog_on; waits_on "$who"
   read -r busy0 idle0 iowait0 steal0 < <(machine_ticks)
   t0=$(now)
   if [ "$who" = native ]; then native_on; else ours_on; fi
   wait_marker_in "$db" "$id"
   t1=$(now)
   read -r busy1 idle1 iowait1 steal1 < <(machine_ticks)
-  hog_off
+  hog_off; waits_off "$w" "$who" "$r"
   raw "catchup_${w}_autovacuums_at_end_$who" "$r" "$(autovacuums)" workers
   # where the catch-up's CPU went: the source's walsender, the target's apply backends (the
   # native worker, or pgcutover's sessions), pgcutover's daemon
