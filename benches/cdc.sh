@@ -12,7 +12,9 @@
 #   2. catch-up, REPS rounds, first consumer alternating: with both stopped the source makes
 #      a backlog (pgbench: N_TX transactions of 4 row changes; bulk: BULK_ROWS rows updated in
 #      BATCH-row transactions), then each consumer alone applies that same backlog, timed from
-#      its start until a marker row written last is on its target.
+#      its start until a marker row written last is on its target; with the CPU of each of
+#      its processes, the rest of the machine (idle, stolen, other processes), the context
+#      switches of the walsender and the daemon, and the share of HOT updates on the target.
 #   3. pgcutover's peak RSS over every daemon it started.
 # Every catch-up ends with the harness's content fingerprint check (target equals source).
 # Medians over the rounds go in METRIC lines and a table; each round's figures in RAW lines.
@@ -302,9 +304,25 @@ waits_off() {   # waits_off WORKLOAD WHO ROUND
       | sort | uniq -c | sort -rn | awk '{printf "%s%s=%d", (NR > 1 ? "," : ""), $2, $1}')" samples
   done
 }
+# Context switches, voluntary and not, of process $1 and all its threads so far
+switches() {
+  cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}'
+}
+# Updates of pgbench_accounts in database $1 on the target so far, and how many of them were
+# HOT (the new row version on the old one's page, no index entry added): "total hot". Read
+# with no session of the consumer left (a backend reports its counts when it ends).
+updates_of() {
+  psql_port "$DST_PORT" -d "$1" -At -F' ' -c "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
+    WHERE relid = 'public.pgbench_accounts'::regclass"
+}
+hot_share() {   # hot_share "TOTAL0 HOT0" "TOTAL1 HOT1" -> per cent of the updates between that were HOT
+  local a0 h0 a1 h1; read -r a0 h0 <<< "$1"; read -r a1 h1 <<< "$2"
+  if [ "$((a1 - a0))" -gt 0 ]; then calc "100 * ($h1 - $h0) / ($a1 - $a0)" 1; else echo NA; fi
+}
 catchup() {   # catchup native|pgcutover WORKLOAD ROUND MARKER
-  local who="$1" w="$2" r="$3" id="$4" db="$DBNAME" t0 t1 rate changes ws apply daemon=0
+  local who="$1" w="$2" r="$3" id="$4" db="$DBNAME" t0 t1 rate changes ws apply daemon=0 upd0
   [ "$who" = pgcutover ] && db="$OURDB"
+  upd0=$(updates_of "$db")
   hog_on; waits_on "$who"
   read -r busy0 idle0 iowait0 steal0 < <(machine_ticks)
   t0=$(now)
@@ -316,15 +334,24 @@ catchup() {   # catchup native|pgcutover WORKLOAD ROUND MARKER
   raw "catchup_${w}_autovacuums_at_end_$who" "$r" "$(autovacuums)" workers
   # where the catch-up's CPU went: the source's walsender, the target's apply backends (the
   # native worker, or pgcutover's sessions), pgcutover's daemon
+  local wsp
   if [ "$who" = native ]; then
-    ws=$(cpu_s $(srcq "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'bench_sub'"))
+    wsp=$(srcq "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'bench_sub'")
+    ws=$(cpu_s "$wsp")
     apply=$(cpu_s $(dst -At -c "SELECT pid FROM pg_stat_subscription WHERE subname = 'bench_sub' AND pid IS NOT NULL"))
   else
-    ws=$(cpu_s $(srcq "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'pgcutover_bench'"))
+    wsp=$(srcq "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'pgcutover_bench'")
+    ws=$(cpu_s "$wsp")
     apply=$(cpu_s $(dst -At -c "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgcutover-apply'"))
     daemon=$(cpu_s "$DAEMON_PID")
   fi
   raw "catchup_${w}_cpu_s_walsender_$who" "$r" "$ws" s; raw "catchup_${w}_cpu_s_apply_$who" "$r" "$apply" s
+  # How often the walsender and the daemon were switched out (each process started with this
+  # catch-up): a reader that empties its socket is woken for each message sent after.
+  local swws swd=0; swws=$(switches "$wsp")
+  raw "catchup_${w}_switches_walsender_$who" "$r" "$swws" switches
+  [ "$who" = pgcutover ] && swd=$(switches "$DAEMON_PID") && raw "catchup_${w}_switches_daemon" "$r" "$swd" switches
+  CPU_OF[$who.$w.swws]+="$swws "; CPU_OF[$who.$w.swd]+="$swd "
   [ "$who" = pgcutover ] && raw "catchup_${w}_cpu_s_daemon" "$r" "$daemon" s
   CPU_OF[$who.$w.ws]+="$ws "; CPU_OF[$who.$w.apply]+="$apply "; CPU_OF[$who.$w.daemon]+="$daemon "
   raw "catchup_${w}_seconds_$who" "$r" "$(elapsed "$t0" "$t1")" s
@@ -345,6 +372,9 @@ catchup() {   # catchup native|pgcutover WORKLOAD ROUND MARKER
   done
   if [ "$who" = native ]; then native_off; else ours_off; fi
   same_or_die "$db" "$who $w catch-up"
+  local hot; hot=$(hot_share "$upd0" "$(updates_of "$db")")
+  raw "catchup_${w}_hot_update_pct_$who" "$r" "$hot" %
+  CPU_OF[$who.$w.hot]+="$hot "
   if [ "$w" = pgbench ]; then changes=$((N_TX / CLIENTS * CLIENTS * 4)); else changes=$BULK_ROWS; fi
   rate=$(calc "$changes/$(elapsed "$t0" "$t1")" 0)
   raw "catchup_${w}_rows_per_s_$who" "$r" "$rate" rows/s
@@ -420,11 +450,12 @@ floor_session() {   # floor_session FIRST_KEY ROWS -> CPU clock ticks the sessio
     -c "SELECT split_part(s, ' ', 14)::int + split_part(s, ' ', 15)::int FROM pg_read_file('/proc/self/stat') s" \
     | tail -1
 }
-FLOOR_CPU=()
+FLOOR_CPU=(); FLOOR_HOT=()
 [ "${CATCHUP:-1}" = 0 ] || [[ " $WORKLOADS " != *" bulk "* ]] || for r in $(seq 1 "$REPS"); do
   bulk_state
   dst -c CHECKPOINT >/dev/null
   half=$((BULK_ROWS / 2))
+  upd0=$(updates_of "$OURDB")
   f0=$(now)
   floor_session 1 "$half" > "$BENCH_TMP/floor-0" & fa=$!
   floor_session $((half + 1)) "$half" > "$BENCH_TMP/floor-1" & fb=$!
@@ -432,6 +463,8 @@ FLOOR_CPU=()
   f1=$(now)
   cpu=$(calc "($(cat "$BENCH_TMP/floor-0") + $(cat "$BENCH_TMP/floor-1")) / $(getconf CLK_TCK)" 2)
   raw floor_bulk_cpu_s "$r" "$cpu" s; raw floor_bulk_seconds "$r" "$(elapsed "$f0" "$f1")" s
+  hot=$(hot_share "$upd0" "$(updates_of "$OURDB")"); raw floor_bulk_hot_update_pct "$r" "$hot" %
+  FLOOR_HOT+=("$hot")
   FLOOR_CPU+=("$cpu")
 done
 [ "${CATCHUP:-1}" = 0 ] || same_or_die "$OURDB" "the floor's updates"
@@ -468,12 +501,12 @@ metric pgcutover_peak_rss "$(calc "$PEAK_KB/1024" 1)" MB
 if ran bulk; then
   # shellcheck disable=SC2086
   for k in native.bulk.ws native.bulk.apply pgcutover.bulk.ws pgcutover.bulk.apply pgcutover.bulk.daemon \
-    native.bulk.wall pgcutover.bulk.wall {native,pgcutover}.bulk.{idle,iowait,steal,other}; do
+    native.bulk.wall pgcutover.bulk.wall {native,pgcutover}.bulk.{idle,iowait,steal,other,hot,swws} pgcutover.bulk.swd; do
     CPU_MED[$k]=$(med ${CPU_OF[$k]})
   done
   # shellcheck disable=SC2086
   WS_MIN=$(minof ${CPU_OF[native.bulk.ws]} ${CPU_OF[pgcutover.bulk.ws]})
-  FLOOR=$(med "${FLOOR_CPU[@]}")
+  FLOOR=$(med "${FLOOR_CPU[@]}"); FLOOR_HOT_MED=$(med "${FLOOR_HOT[@]}")
   BOUND=$(calc "($WS_MIN + $FLOOR) / 2" 2)
   metric floor_bulk_cpu_s "$FLOOR" s; metric walsender_bulk_cpu_s_min "$WS_MIN" s
   metric bound_bulk_seconds "$BOUND" s; metric bound_bulk_rows_per_s "$(calc "$BULK_ROWS/$BOUND" 0)" rows/s
@@ -500,7 +533,9 @@ pct() { calc "100*($1-$TPS_BASE)/$TPS_BASE" 1; }
   echo "| catch-up, bulk backlog ($BULK_ROWS rows, $BATCH-row txns, target table $BULK_STATE) | ${RATE[native.bulk]} rows/s | ${RATE[pgcutover.bulk]} rows/s ($(calc "${RATE[pgcutover.bulk]}/${RATE[native.bulk]}" 2)x) |"
   echo "| bulk catch-up: seconds; CPU s of walsender / apply / daemon | ${CPU_MED[native.bulk.wall]}; ${CPU_MED[native.bulk.ws]} / ${CPU_MED[native.bulk.apply]} / – | ${CPU_MED[pgcutover.bulk.wall]}; ${CPU_MED[pgcutover.bulk.ws]} / ${CPU_MED[pgcutover.bulk.apply]} / ${CPU_MED[pgcutover.bulk.daemon]} |"
   echo "| bulk catch-up: the rest of the machine, core-seconds idle (of it waiting for I/O) / stolen by the host / busy with other processes$([ "$HOG" = 0 ] || echo " (a neighbour took $HOG % of a core)") | ${CPU_MED[native.bulk.idle]} (${CPU_MED[native.bulk.iowait]}) / ${CPU_MED[native.bulk.steal]} / ${CPU_MED[native.bulk.other]} | ${CPU_MED[pgcutover.bulk.idle]} (${CPU_MED[pgcutover.bulk.iowait]}) / ${CPU_MED[pgcutover.bulk.steal]} / ${CPU_MED[pgcutover.bulk.other]} |"
-  echo "| floor: the bulk's rows updated over their key range in 2 sessions, nothing decoded (CPU s) | $FLOOR | |"
+  echo "| bulk catch-up: context switches of the walsender / the daemon | ${CPU_MED[native.bulk.swws]} / – | ${CPU_MED[pgcutover.bulk.swws]} / ${CPU_MED[pgcutover.bulk.swd]} |"
+  echo "| bulk catch-up: updates of pgbench_accounts that were HOT (no new index entry), % | ${CPU_MED[native.bulk.hot]} | ${CPU_MED[pgcutover.bulk.hot]} |"
+  echo "| floor: the bulk's rows updated over their key range in 2 sessions, nothing decoded (CPU s; HOT %) | $FLOOR; $FLOOR_HOT_MED | |"
   echo "| bound for any consumer on $(nproc) cores: (least walsender CPU $WS_MIN + floor) / $(nproc) | $BOUND s = $(calc "$BULK_ROWS/$BOUND" 0) rows/s = $(calc "$BULK_ROWS/$BOUND/${RATE[native.bulk]}" 2)x native | |"
   fi
   echo "| daemon peak RSS | – | $(calc "$PEAK_KB/1024" 1) MB |"
