@@ -1,20 +1,55 @@
 //! The replication stream, behind our own small interface.
 //!
-//! `pgwire-replication` carries the protocol (authentication, TLS, CopyBoth framing,
-//! keepalive replies, standby status updates); this module hides it so the apply loop only
-//! sees [`Event`]s and says which position is durable with [`Stream::confirm`]. The position
-//! confirmed to the server never passes what the target has committed: the slot is opened with
-//! that position as its acknowledged one, and only [`Stream::confirm`] raises it.
+//! The apply loop only sees [`Event`]s and says which position is durable with
+//! [`Stream::confirm`]. The position confirmed to the server never passes what the target
+//! has committed: status updates carry only what [`Stream::confirm`] was told.
+//!
+//! Two halves:
+//! * a **reader task** owns the connection ([`crate::pg::wire`]). It reads the socket in
+//!   chunks of up to 256 kB, cuts them after their last whole message, and hands each chunk
+//!   on whole (one channel hop per chunk, not per message). It answers the server's
+//!   keepalives, and sends a status update when a confirmed position is 100 ms old and at
+//!   least every `wakeup` otherwise (so the source's `wal_sender_timeout` never fires, and
+//!   [`super::silence`] sees the stream alive), even while the apply is busy elsewhere;
+//! * the **[`Stream`]** the session reads: it cuts the chunks into messages without copying
+//!   them ([`Event::Data`] is a slice of the chunk).
+//!
+//! **Waking up while catching up.** When the transactions arriving were committed on the
+//! source more than [`BEHIND`] before the server sent them (both times by the source's
+//! clock), the stream is working through a backlog, and there a wake-up per few messages
+//! is waste: when the walsender is the slowest stage, a reader that empties the socket is
+//! woken by nearly every message it sends, which cost the daemon and the walsender about a
+//! CPU-second each per million changes in the benchmark (BENCHMARKS.md, session 20). So
+//! while behind, the reader asks the kernel to report the socket readable only once
+//! [`LOW_WATER`] bytes wait (`SO_RCVLOWAT`), and reads whatever is there anyway after
+//! [`PATIENCE`] without one (a pause, or the backlog's tail). A keepalive (the walsender has
+//! nothing more to send) or a fresh transaction ends it. A transaction in a backlog is thus
+//! at most [`PATIENCE`] later than it would be; a live one is not delayed at all.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::FutureExt;
-use pgwire_replication::{ReplicationClient, ReplicationEvent};
+use bytes::{Buf, Bytes};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::pg::Lsn;
 use crate::pg::conn::ConnInfo;
-use crate::pg::slot::replication_config;
+use crate::pg::quote_ident;
+use crate::pg::wire::{Conn, ErrorKind, WireError, frame_len, server_error};
+
+/// A status update goes out once a newly confirmed position is this old.
+const STATUS_INTERVAL: Duration = Duration::from_millis(100);
+/// Transactions sent this long after their commit are a backlog.
+const BEHIND: i64 = 200_000; // microseconds
+/// While behind, the kernel wakes the reader for this many bytes…
+const LOW_WATER: usize = 64 * 1024;
+/// …or the reader takes what is there after this long.
+const PATIENCE: Duration = Duration::from_millis(10);
+/// Chunks read and not yet taken by the session (at most 256 kB each, usually far less).
+const CHUNKS_AHEAD: usize = 64;
 
 /// One item of the stream, in source WAL order.
 #[derive(Debug)]
@@ -84,13 +119,12 @@ fn slot_lost(message: &str) -> bool {
         || message.contains("SQLSTATE 58P01")
 }
 
-fn stream_error(slot: &str, e: pgwire_replication::PgWireError) -> StreamError {
-    let message = e.to_string();
+fn stream_error(slot: &str, e: WireError) -> StreamError {
+    let message = e.message;
     // A slot or publication that is gone, a slot that lost its WAL, or credentials that no
     // longer work, will not come back by retrying; anything else (a dropped connection, a
     // restarting server, a slot still held by our previous session) may.
-    let permanent = e.is_auth()
-        || e.is_tls()
+    let permanent = matches!(e.kind, ErrorKind::Auth | ErrorKind::Tls)
         || slot_lost(&message)
         || message.contains("does not exist")
         || message.contains("SQLSTATE 42704")
@@ -103,8 +137,20 @@ fn stream_error(slot: &str, e: pgwire_replication::PgWireError) -> StreamError {
     }
 }
 
+/// What the session and the reader share: the confirmed position, and a bell for it.
+#[derive(Default)]
+struct Shared {
+    confirmed: AtomicU64,
+    raised: Notify,
+}
+
 pub struct Stream {
-    client: ReplicationClient,
+    chunks: mpsc::Receiver<Result<Bytes, WireError>>,
+    /// What is left of the chunk being read: whole messages only.
+    chunk: Bytes,
+    shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+    reader: JoinHandle<()>,
     slot: String,
     /// An item taken by [`Stream::has_ready`], handed out by the next [`Stream::next`].
     peeked: Option<Result<Option<Event>, StreamError>>,
@@ -121,17 +167,15 @@ impl Stream {
         start: Lsn,
         wakeup: Duration,
     ) -> Result<Stream, StreamError> {
-        let cfg = replication_config(conn, slot)
-            .with_start_lsn(pgwire_replication::Lsn(start.0))
-            .with_ack_lsn(pgwire_replication::Lsn(start.0))
-            .with_status_interval(Duration::from_millis(100))
-            .with_wakeup_interval(wakeup)
-            .with_buffer_size(4096);
-        let mut cfg = cfg;
-        cfg.publication = publication.into();
-        let err = |e: pgwire_replication::PgWireError| stream_error(slot, e);
-        let mut client = ReplicationClient::connect(cfg).await.map_err(err)?;
-        tokio::time::timeout(Duration::from_secs(60), client.wait_started())
+        let err = |e: WireError| stream_error(slot, e);
+        let mut wire = Conn::connect(conn, "pgcutover").await.map_err(err)?;
+        let sql = format!(
+            "START_REPLICATION SLOT {} LOGICAL {start} (proto_version '1', \
+             publication_names '{}', messages 'true')",
+            quote_ident(slot),
+            quote_ident(publication).replace('\'', "''")
+        );
+        tokio::time::timeout(Duration::from_secs(60), wire.start_copy_both(&sql))
             .await
             .map_err(|_| StreamError {
                 slot: slot.to_string(),
@@ -139,54 +183,33 @@ impl Stream {
                 transient: true,
             })?
             .map_err(err)?;
+        let shared = Arc::new(Shared {
+            confirmed: AtomicU64::new(start.0),
+            raised: Notify::new(),
+        });
+        let (tx, chunks) = mpsc::channel(CHUNKS_AHEAD);
+        let (stop, stopped) = oneshot::channel();
+        let reader = Reader {
+            wire,
+            tx,
+            shared: shared.clone(),
+            wakeup,
+            sent: None,
+            sent_at: Instant::now(),
+            scanned: 0,
+            reply_due: false,
+            behind: false,
+        };
+        let reader = tokio::spawn(reader.run(stopped));
         Ok(Stream {
-            client,
+            chunks,
+            chunk: Bytes::new(),
+            shared,
+            stop: Some(stop),
+            reader,
             slot: slot.to_string(),
             peeked: None,
         })
-    }
-
-    fn convert(&self, ev: ReplicationEvent) -> Option<Event> {
-        Some(match ev {
-            ReplicationEvent::Begin {
-                final_lsn,
-                commit_time_micros,
-                ..
-            } => Event::Begin {
-                final_lsn: Lsn(final_lsn.0),
-                commit_ts: commit_time_micros,
-            },
-            ReplicationEvent::Commit { end_lsn, .. } => Event::Commit {
-                end_lsn: Lsn(end_lsn.0),
-            },
-            ReplicationEvent::XLogData { data, .. } => Event::Data(data),
-            ReplicationEvent::Message {
-                transactional,
-                lsn,
-                prefix,
-                content,
-            } => Event::Message {
-                transactional,
-                lsn: Lsn(lsn.0),
-                prefix,
-                content,
-            },
-            ReplicationEvent::KeepAlive { wal_end, .. } => Event::KeepAlive {
-                wal_end: Lsn(wal_end.0),
-            },
-            ReplicationEvent::StoppedAt { .. } => return None,
-        })
-    }
-
-    fn convert_result(
-        &self,
-        r: pgwire_replication::Result<Option<ReplicationEvent>>,
-    ) -> Option<Result<Option<Event>, StreamError>> {
-        match r {
-            Ok(Some(ev)) => self.convert(ev).map(|ev| Ok(Some(ev))),
-            Ok(None) => Some(Ok(None)),
-            Err(e) => Some(Err(stream_error(&self.slot, e))),
-        }
     }
 
     /// The next event; `None` when the server ended the stream.
@@ -195,57 +218,444 @@ impl Stream {
             return item;
         }
         loop {
-            let r = self.client.recv().await;
-            if let Some(item) = self.convert_result(r) {
+            if let Some(item) = self.cut() {
                 return item;
             }
+            // Cancel-safe: a chunk is either received whole or left in the channel.
+            let chunk = self.chunks.recv().await;
+            self.take_chunk(chunk);
         }
     }
 
     /// The next event if one is ready now (`None`: [`Stream::next`] would wait).
     pub fn try_next(&mut self) -> Option<Result<Option<Event>, StreamError>> {
-        if self.has_ready() {
-            self.peeked.take()
-        } else {
-            None
+        if let Some(item) = self.peeked.take() {
+            return Some(item);
+        }
+        loop {
+            if let Some(item) = self.cut() {
+                return Some(item);
+            }
+            match self.chunks.try_recv() {
+                Ok(chunk) => self.take_chunk(Some(chunk)),
+                Err(mpsc::error::TryRecvError::Empty) => return None,
+                Err(mpsc::error::TryRecvError::Disconnected) => self.take_chunk(None),
+            }
         }
     }
 
     /// Whether [`Stream::next`] would answer without waiting (an event, the end, or an error).
     pub fn has_ready(&mut self) -> bool {
-        if self.peeked.is_some() {
-            return true;
-        }
-        // The receiver is a channel: polling it once and dropping the future loses nothing,
-        // and whatever it yielded is kept for `next`.
-        if let Some(r) = self.client.recv().now_or_never() {
-            self.peeked = self.convert_result(r);
+        if self.peeked.is_none() {
+            self.peeked = self.try_next();
         }
         self.peeked.is_some()
     }
 
+    fn take_chunk(&mut self, chunk: Option<Result<Bytes, WireError>>) {
+        match chunk {
+            Some(Ok(bytes)) => self.chunk = bytes,
+            Some(Err(e)) => self.peeked = Some(Err(stream_error(&self.slot, e))),
+            None => {
+                self.peeked = Some(Err(StreamError {
+                    slot: self.slot.clone(),
+                    message: "the stream's reader stopped".into(),
+                    transient: true,
+                }))
+            }
+        }
+    }
+
+    /// The next event of the current chunk, the stream's end, or an error; `None` when the
+    /// chunk is used up (or the reader's error is waiting in `peeked`).
+    fn cut(&mut self) -> Option<Result<Option<Event>, StreamError>> {
+        if let Some(item) = self.peeked.take() {
+            return Some(item);
+        }
+        while !self.chunk.is_empty() {
+            let len = match frame_len(&self.chunk) {
+                Ok(Some(len)) => len,
+                // The reader only hands on whole messages.
+                Ok(None) => {
+                    return Some(Err(self.broken("a message cut short")));
+                }
+                Err(e) => return Some(Err(stream_error(&self.slot, e))),
+            };
+            let mut frame = self.chunk.split_to(len);
+            let tag = frame[0];
+            frame.advance(5);
+            match tag {
+                b'd' => match parse_copy_data(frame) {
+                    Ok(Some(ev)) => return Some(Ok(Some(ev))),
+                    Ok(None) => {}
+                    Err(what) => return Some(Err(self.broken(what))),
+                },
+                b'E' => return Some(Err(stream_error(&self.slot, server_error(&frame)))),
+                // CopyDone: the server ended the stream.
+                b'c' => {
+                    self.chunk.clear();
+                    return Some(Ok(None));
+                }
+                // Notices and parameter changes.
+                _ => {}
+            }
+        }
+        None
+    }
+
+    fn broken(&self, what: &str) -> StreamError {
+        stream_error(
+            &self.slot,
+            WireError::protocol(format!("malformed replication message: {what}")),
+        )
+    }
+
     /// Everything up to `lsn` is committed on the target: the server may forget it.
     pub fn confirm(&self, lsn: Lsn) {
-        self.client
-            .update_applied_lsn(pgwire_replication::Lsn(lsn.0));
+        let before = self.shared.confirmed.fetch_max(lsn.0, Ordering::AcqRel);
+        if lsn.0 > before {
+            self.shared.raised.notify_one();
+        }
     }
 
     /// End the stream (CopyDone) and wait briefly for the server to let go of the slot.
     pub async fn close(mut self) {
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.client.shutdown()).await;
-        self.client.abort();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.reader)
+            .await
+            .is_err()
+        {
+            self.reader.abort();
+        }
     }
 
     /// Drop a stream whose connection is dead, without waiting for an answer.
-    pub fn abandon(mut self) {
-        self.client.abort();
+    pub fn abandon(self) {
+        self.reader.abort();
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+fn be_u64(b: &[u8]) -> u64 {
+    u64::from_be_bytes(b[..8].try_into().expect("eight bytes"))
+}
+
+/// A CopyData's content: XLogData ('w') as an event, a keepalive ('k') as one too.
+fn parse_copy_data(mut d: Bytes) -> Result<Option<Event>, &'static str> {
+    match d.first() {
+        Some(b'w') => {
+            if d.len() < 25 {
+                return Err("short XLogData header");
+            }
+            d.advance(25);
+            parse_pgoutput(d).map(Some)
+        }
+        Some(b'k') => {
+            if d.len() < 18 {
+                return Err("short keepalive");
+            }
+            Ok(Some(Event::KeepAlive {
+                wal_end: Lsn(be_u64(&d[1..])),
+            }))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Begin, Commit and logical messages become events of their own; anything else is
+/// [`Event::Data`] for the decoder.
+fn parse_pgoutput(d: Bytes) -> Result<Event, &'static str> {
+    match d.first() {
+        Some(b'B') => {
+            if d.len() < 21 {
+                return Err("short Begin");
+            }
+            Ok(Event::Begin {
+                final_lsn: Lsn(be_u64(&d[1..])),
+                commit_ts: be_u64(&d[9..]) as i64,
+            })
+        }
+        Some(b'C') => {
+            if d.len() < 26 {
+                return Err("short Commit");
+            }
+            Ok(Event::Commit {
+                end_lsn: Lsn(be_u64(&d[10..])),
+            })
+        }
+        Some(b'M') => {
+            if d.len() < 10 {
+                return Err("short logical message");
+            }
+            let transactional = d[1] & 1 == 1;
+            let lsn = Lsn(be_u64(&d[2..]));
+            let rest = &d[10..];
+            let end = rest
+                .iter()
+                .position(|&b| b == 0)
+                .ok_or("logical message prefix not terminated")?;
+            let prefix = String::from_utf8_lossy(&rest[..end]).into_owned();
+            let at = 10 + end + 1;
+            let len_bytes = d.get(at..at + 4).ok_or("short logical message")?;
+            let len = u32::from_be_bytes(len_bytes.try_into().expect("four bytes")) as usize;
+            if d.len() - (at + 4) != len {
+                return Err("logical message length does not match");
+            }
+            Ok(Event::Message {
+                transactional,
+                lsn,
+                prefix,
+                content: d.slice(at + 4..),
+            })
+        }
+        Some(_) => Ok(Event::Data(d)),
+        None => Err("empty XLogData"),
+    }
+}
+
+/// Microseconds since 2000-01-01 UTC, PostgreSQL's epoch.
+fn pg_now() -> i64 {
+    const PG_EPOCH_UNIX_SECS: u64 = 946_684_800;
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    unix.as_micros() as i64 - (PG_EPOCH_UNIX_SECS * 1_000_000) as i64
+}
+
+/// A standby status update: written, flushed and applied all at `lsn`; no reply asked.
+fn status_update(lsn: Lsn, now: i64) -> [u8; 39] {
+    let mut m = [0u8; 39];
+    m[0] = b'd';
+    m[1..5].copy_from_slice(&38u32.to_be_bytes());
+    m[5] = b'r';
+    for i in 0..3 {
+        m[6 + 8 * i..14 + 8 * i].copy_from_slice(&lsn.0.to_be_bytes());
+    }
+    m[30..38].copy_from_slice(&now.to_be_bytes());
+    m
+}
+
+struct Reader {
+    wire: Conn,
+    tx: mpsc::Sender<Result<Bytes, WireError>>,
+    shared: Arc<Shared>,
+    wakeup: Duration,
+    /// The position of the last status update, and when it went out.
+    sent: Option<Lsn>,
+    sent_at: Instant,
+    /// How far `wire.buf` has been looked through (whole messages only).
+    scanned: usize,
+    reply_due: bool,
+    /// Working through a backlog (see the module's documentation).
+    behind: bool,
+}
+
+/// What a look through the received bytes found.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Scan {
+    /// Bytes of whole messages from the start.
+    whole: usize,
+    /// The server asked for a status update now.
+    reply: bool,
+    /// The latest verdict on whether the stream is behind, if any message gave one.
+    behind: Option<bool>,
+    /// The server ended the stream or reported an error: nothing more will come.
+    last: bool,
+}
+
+/// Look through the whole messages of `buf` from `from`.
+fn scan(buf: &[u8], from: usize) -> Result<Scan, WireError> {
+    let mut s = Scan {
+        whole: from,
+        ..Scan::default()
+    };
+    while let Some(len) = frame_len(&buf[s.whole..])? {
+        let m = &buf[s.whole..s.whole + len];
+        match (m[0], m.get(5)) {
+            (b'd', Some(b'k')) => {
+                s.reply |= m.get(5 + 17) == Some(&1);
+                s.behind = Some(false);
+            }
+            // XLogData carrying a Begin: how long after its commit the server sent it.
+            (b'd', Some(b'w')) if m.get(5 + 25) == Some(&b'B') && m.len() >= 5 + 25 + 17 => {
+                let sent = be_u64(&m[5 + 17..]) as i64;
+                let committed = be_u64(&m[5 + 25 + 9..]) as i64;
+                s.behind = Some(sent.saturating_sub(committed) > BEHIND);
+            }
+            (b'E' | b'c', _) => s.last = true,
+            _ => {}
+        }
+        s.whole += len;
+        if s.last {
+            break;
+        }
+    }
+    Ok(s)
+}
+
+impl Reader {
+    async fn run(mut self, mut stopped: oneshot::Receiver<()>) {
+        match self.work(&mut stopped).await {
+            Ok(Some(true)) => {
+                // Asked to stop: CopyDone, then let the server finish the command (it
+                // releases the slot), and say goodbye.
+                let _ = tokio::time::timeout(Duration::from_secs(5), self.finish()).await;
+                self.wire.terminate().await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let _ = self.tx.send(Err(e)).await;
+            }
+        }
+    }
+
+    /// `Ok(Some(true))`: asked to stop; `Ok(Some(false))`: the session is gone;
+    /// `Ok(None)`: the server ended the stream (what it sent last was handed on).
+    async fn work(
+        &mut self,
+        stopped: &mut oneshot::Receiver<()>,
+    ) -> Result<Option<bool>, WireError> {
+        loop {
+            let s = scan(&self.wire.buf, self.scanned)?;
+            self.scanned = s.whole;
+            self.reply_due |= s.reply;
+            if let Some(b) = s.behind {
+                self.behind = b;
+            }
+            if self.reply_due {
+                self.send_status(self.shared.confirmed.load(Ordering::Acquire))
+                    .await?;
+            }
+            if s.whole > 0 {
+                let chunk = self.wire.buf.split_to(s.whole).freeze();
+                self.scanned = 0;
+                if let Some(stop) = self.hand_on(chunk, stopped).await? {
+                    return Ok(Some(stop));
+                }
+            }
+            if s.last {
+                return Ok(None);
+            }
+            let low_water = if self.behind { LOW_WATER } else { 1 };
+            if self.wire.set_low_water(low_water) && self.wire.read_now()? > 0 {
+                continue;
+            }
+            let confirmed = self.shared.confirmed.load(Ordering::Acquire);
+            let pending = self.sent.is_none_or(|sent| confirmed > sent.0);
+            let status_at = self.sent_at
+                + if pending {
+                    STATUS_INTERVAL
+                } else {
+                    self.wakeup
+                };
+            let patient = self.behind.then(|| Instant::now() + PATIENCE);
+            tokio::select! {
+                biased;
+                _ = &mut *stopped => return Ok(Some(true)),
+                _ = tokio::time::sleep_until(status_at) => self.send_status(confirmed).await?,
+                _ = self.shared.raised.notified(), if !pending => {}
+                _ = sleep_until_some(patient) => {
+                    self.wire.read_now()?;
+                }
+                r = self.wire.fill() => {
+                    r?;
+                }
+            }
+        }
+    }
+
+    /// Hand a chunk to the session, sending status updates while it is busy (the channel
+    /// full). `Some` when the reader must stop.
+    async fn hand_on(
+        &mut self,
+        chunk: Bytes,
+        stopped: &mut oneshot::Receiver<()>,
+    ) -> Result<Option<bool>, WireError> {
+        loop {
+            match self.tx.try_reserve() {
+                Ok(permit) => {
+                    permit.send(Ok(chunk));
+                    return Ok(None);
+                }
+                Err(mpsc::error::TrySendError::Closed(())) => return Ok(Some(false)),
+                Err(mpsc::error::TrySendError::Full(())) => {}
+            }
+            let confirmed = self.shared.confirmed.load(Ordering::Acquire);
+            let pending = self.sent.is_none_or(|sent| confirmed > sent.0);
+            let status_at = self.sent_at
+                + if pending {
+                    STATUS_INTERVAL
+                } else {
+                    self.wakeup
+                };
+            tokio::select! {
+                biased;
+                _ = &mut *stopped => return Ok(Some(true)),
+                // Cancel-safe; the capacity it waited for is taken above.
+                open = async { self.tx.reserve().await.is_ok() } => {
+                    if !open {
+                        return Ok(Some(false));
+                    }
+                }
+                _ = tokio::time::sleep_until(status_at) => self.send_status(confirmed).await?,
+                _ = self.shared.raised.notified(), if !pending => {}
+            }
+        }
+    }
+
+    async fn send_status(&mut self, confirmed: u64) -> Result<(), WireError> {
+        let lsn = Lsn(confirmed);
+        self.wire.send(&status_update(lsn, pg_now())).await?;
+        self.sent = Some(lsn);
+        self.sent_at = Instant::now();
+        self.reply_due = false;
+        Ok(())
+    }
+
+    /// CopyDone, then read until the server has finished the command.
+    async fn finish(&mut self) -> Result<(), WireError> {
+        self.wire.send(b"c\0\0\0\x04").await?;
+        loop {
+            while let Some(len) = frame_len(&self.wire.buf)? {
+                let tag = self.wire.buf[0];
+                self.wire.buf.advance(len);
+                if tag == b'Z' {
+                    return Ok(());
+                }
+            }
+            self.wire.fill().await?;
+        }
+    }
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgwire_replication::PgWireError;
+    use bytes::{BufMut, BytesMut};
+
+    fn err(message: &str, kind: ErrorKind) -> StreamError {
+        stream_error(
+            "m",
+            WireError {
+                kind,
+                message: message.into(),
+            },
+        )
+    }
 
     #[test]
     fn a_slot_that_lost_its_wal_is_not_retried() {
@@ -256,38 +666,153 @@ mod tests {
              (SQLSTATE 58P01)",
         ];
         for message in lost {
-            let e = stream_error("m", PgWireError::Server(message.into()));
+            let e = err(message, ErrorKind::Server);
             assert!(e.slot_lost() && !e.transient, "{message}");
         }
-        let busy = stream_error(
-            "m",
-            PgWireError::Server(
-                "replication slot \"m\" is active for PID 7 (SQLSTATE 55006)".into(),
-            ),
+        let busy = err(
+            "replication slot \"m\" is active for PID 7 (SQLSTATE 55006)",
+            ErrorKind::Server,
         );
         assert!(busy.slot_in_use() && busy.transient && !busy.slot_lost());
-        let gone = stream_error(
-            "m",
-            PgWireError::Server("replication slot \"m\" does not exist (SQLSTATE 42704)".into()),
+        let gone = err(
+            "replication slot \"m\" does not exist (SQLSTATE 42704)",
+            ErrorKind::Server,
         );
         assert!(!gone.transient && !gone.slot_lost() && gone.gone());
-        let role = stream_error(
-            "m",
-            PgWireError::Server("role \"app\" does not exist (SQLSTATE 28000)".into()),
+        let role = err(
+            "role \"app\" does not exist (SQLSTATE 28000)",
+            ErrorKind::Auth,
         );
         assert!(!role.transient && !role.gone());
+        let refused = err(
+            "password authentication failed for user \"app\" (SQLSTATE 28P01)",
+            ErrorKind::Auth,
+        );
+        assert!(!refused.transient);
         // A server speaking another language is still understood by its SQLSTATE.
-        let localized = stream_error(
-            "m",
-            PgWireError::Server(
-                "le slot de réplication « m » n'existe pas (SQLSTATE 42704)".into(),
-            ),
+        let localized = err(
+            "le slot de réplication « m » n'existe pas (SQLSTATE 42704)",
+            ErrorKind::Server,
         );
         assert!(!localized.transient && localized.gone());
-        let io = stream_error(
-            "m",
-            PgWireError::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset).into()),
-        );
+        let io = err("reading from the server: connection reset", ErrorKind::Io);
         assert!(io.transient && !io.slot_lost());
+    }
+
+    /// A CopyData message holding XLogData sent at `sent` with `data`.
+    fn xlog(sent: i64, data: &[u8]) -> Vec<u8> {
+        let mut m = BytesMut::new();
+        m.put_u8(b'd');
+        m.put_u32((4 + 25 + data.len()) as u32);
+        m.put_u8(b'w');
+        m.put_u64(0x10);
+        m.put_u64(0x10);
+        m.put_i64(sent);
+        m.put_slice(data);
+        m.to_vec()
+    }
+
+    fn begin(final_lsn: u64, commit_ts: i64) -> Vec<u8> {
+        let mut b = vec![b'B'];
+        b.extend_from_slice(&final_lsn.to_be_bytes());
+        b.extend_from_slice(&commit_ts.to_be_bytes());
+        b.extend_from_slice(&7u32.to_be_bytes());
+        b
+    }
+
+    fn keepalive(wal_end: u64, reply: bool) -> Vec<u8> {
+        let mut m = vec![b'd', 0, 0, 0, 22, b'k'];
+        m.extend_from_slice(&wal_end.to_be_bytes());
+        m.extend_from_slice(&0i64.to_be_bytes());
+        m.push(reply as u8);
+        m
+    }
+
+    #[test]
+    fn the_scan_finds_whole_messages_replies_and_backlogs() {
+        let mut buf = xlog(1_000_000, &begin(0x20, 100));
+        buf.extend(keepalive(0x30, true));
+        let whole = buf.len();
+        // Half of a third message.
+        buf.extend(&xlog(5, &begin(0x40, 0))[..20]);
+        let s = scan(&buf, 0).unwrap();
+        assert_eq!(s.whole, whole);
+        assert!(s.reply && !s.last);
+        assert_eq!(s.behind, Some(false), "the keepalive came last");
+        let old = xlog(1_000_000, &begin(0x20, 100));
+        assert_eq!(scan(&old, 0).unwrap().behind, Some(true));
+        let fresh = xlog(1_000_000, &begin(0x20, 900_000));
+        assert_eq!(scan(&fresh, 0).unwrap().behind, Some(false));
+        let insert = xlog(1_000_000, b"I\0\0\0\x01N\0\0");
+        assert_eq!(scan(&insert, 0).unwrap().behind, None);
+        // Nothing after an error is looked at.
+        let mut e = b"E\0\0\0\x0aC55000\0\0".to_vec();
+        e.extend(keepalive(1, true));
+        let s = scan(&e, 0).unwrap();
+        assert!(s.last && !s.reply && s.whole == 11);
+        assert!(scan(b"d\0\0\0\x01", 0).is_err());
+    }
+
+    #[test]
+    fn copy_data_becomes_events() {
+        let ev = parse_copy_data(Bytes::from(xlog(1, &begin(0x20, 99))[5..].to_vec())).unwrap();
+        assert!(matches!(
+            ev,
+            Some(Event::Begin {
+                final_lsn: Lsn(0x20),
+                commit_ts: 99
+            })
+        ));
+        let mut commit = vec![b'C', 0];
+        commit.extend_from_slice(&0x20u64.to_be_bytes());
+        commit.extend_from_slice(&0x28u64.to_be_bytes());
+        commit.extend_from_slice(&5i64.to_be_bytes());
+        let ev = parse_pgoutput(Bytes::from(commit)).unwrap();
+        assert!(matches!(ev, Event::Commit { end_lsn: Lsn(0x28) }));
+        let mut msg = vec![b'M', 0];
+        msg.extend_from_slice(&0x30u64.to_be_bytes());
+        msg.extend_from_slice(b"pgcutover\0");
+        msg.extend_from_slice(&3u32.to_be_bytes());
+        msg.extend_from_slice(b"123");
+        match parse_pgoutput(Bytes::from(msg.clone())).unwrap() {
+            Event::Message {
+                transactional,
+                lsn,
+                prefix,
+                content,
+            } => {
+                assert!(!transactional);
+                assert_eq!(lsn, Lsn(0x30));
+                assert_eq!(prefix, "pgcutover");
+                assert_eq!(&content[..], b"123");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Every truncation of these is an error or an event, never a panic.
+        for whole in [
+            msg,
+            begin(1, 2),
+            xlog(1, b"U")[5..].to_vec(),
+            keepalive(1, false),
+        ] {
+            for cut in 0..whole.len() {
+                let _ = parse_pgoutput(Bytes::from(whole[..cut].to_vec()));
+                let _ = parse_copy_data(Bytes::from(whole[..cut].to_vec()));
+            }
+        }
+        let ka = parse_copy_data(Bytes::from(keepalive(0x99, false)[5..].to_vec())).unwrap();
+        assert!(matches!(ka, Some(Event::KeepAlive { wal_end: Lsn(0x99) })));
+    }
+
+    #[test]
+    fn status_updates_carry_the_confirmed_position() {
+        let m = status_update(Lsn(0x1_0000_0002), 77);
+        assert_eq!(&m[..6], b"d\0\0\0\x26r");
+        for i in 0..3 {
+            assert_eq!(be_u64(&m[6 + 8 * i..]), 0x1_0000_0002);
+        }
+        assert_eq!(be_u64(&m[30..]), 77);
+        assert_eq!(m[38], 0);
+        assert_eq!(frame_len(&m).unwrap(), Some(39));
     }
 }

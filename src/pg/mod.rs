@@ -10,6 +10,7 @@ pub mod name;
 pub mod slot;
 pub mod tls;
 pub mod tools;
+pub mod wire;
 
 pub use lsn::Lsn;
 pub use name::{TableName, quote_ident, quote_literal};

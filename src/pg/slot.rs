@@ -1,17 +1,16 @@
 //! The publication and the logical replication slot on the source.
 //!
 //! The slot is created on a *replication* connection (the `replication=database` startup
-//! parameter, which tokio-postgres cannot send), through `pgwire-replication`'s gated session:
-//! it authenticates, runs `CREATE_REPLICATION_SLOT ... (SNAPSHOT 'export')`, and then simply
-//! stays open. PostgreSQL keeps the exported snapshot importable exactly as long as that
+//! parameter, which tokio-postgres cannot send; see [`super::wire`]): it authenticates, runs
+//! `CREATE_REPLICATION_SLOT ... (SNAPSHOT 'export')`, and then simply stays open. PostgreSQL keeps the exported snapshot importable exactly as long as that
 //! session runs no other command and stays connected, so [`ExportedSnapshot`] owns the session
 //! and the snapshot dies with it (correctness rule 1: every copy worker imports it before it
 //! is dropped). See <https://www.postgresql.org/docs/current/protocol-replication.html>.
 
-use pgwire_replication::{ReplicationClient, ReplicationConfig, TlsConfig};
 use tokio_postgres::Client;
 
-use super::conn::{ConnInfo, SslMode};
+use super::conn::ConnInfo;
+use super::wire::{Conn, ErrorKind};
 use super::{Lsn, SqlContext, SqlError, TableName, quote_ident};
 
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +42,7 @@ impl SlotError {
 /// A snapshot exported by slot creation, valid while this value lives.
 pub struct ExportedSnapshot {
     /// The replication session that holds the snapshot open; dropping it ends the session.
-    _session: ReplicationClient,
+    _session: Conn,
     /// The name workers pass to `SET TRANSACTION SNAPSHOT`.
     pub name: String,
     /// The slot's consistent point: the snapshot sees exactly the transactions that committed
@@ -51,55 +50,21 @@ pub struct ExportedSnapshot {
     pub lsn: Lsn,
 }
 
-pub(crate) fn replication_config(conn: &ConnInfo, slot: &str) -> ReplicationConfig {
-    let password = conn.password.as_ref().map_or("", |p| p.expose());
-    let tls = match conn.sslmode {
-        SslMode::Disable => TlsConfig::disabled(),
-        SslMode::Prefer => TlsConfig {
-            mode: pgwire_replication::SslMode::Prefer,
-            ..TlsConfig::default()
-        },
-        SslMode::Require => TlsConfig::require(),
-        SslMode::VerifyFull => TlsConfig::verify_full(conn.sslrootcert.clone()),
-    };
-    ReplicationConfig::new(
-        conn.host.clone(),
-        conn.user.clone(),
-        password,
-        conn.dbname.clone(),
-        slot,
-        "unused",
-    )
-    .with_port(conn.port)
-    .with_tls(tls)
-    .with_application_name("pgcutover")
-    .with_options(REPLICATION_OPTIONS)
-}
-
-/// Startup options of replication sessions (the source is PostgreSQL 14+): the session that
-/// exported the load's snapshot waits in its transaction for the whole load, and must not
-/// be ended by a site's `idle_in_transaction_session_timeout` (nor `idle_session_timeout`):
-/// a chunk copied again, or a worker started late, imports that snapshot. Values in text as
-/// the target parses them back, whatever the server's defaults.
-pub(crate) const REPLICATION_OPTIONS: &str = "-c idle_in_transaction_session_timeout=0 \
-     -c idle_session_timeout=0 \
-     -c datestyle=ISO,YMD -c intervalstyle=postgres -c extra_float_digits=3 \
-     -c bytea_output=hex -c timezone=UTC -c lc_monetary=C";
-
 /// Whether the source takes a replication connection as the stream will open it: a gated
 /// session that runs `IDENTIFY_SYSTEM` (read-only) and ends. A connection that works for SQL
 /// can still be refused there: by `pg_hba.conf`, or by a connection pooler that does not pass
 /// replication connections on (PgBouncer before 1.23). The error, and what to do about it.
 pub async fn replication_refusal(conn: &ConnInfo) -> Option<(String, String)> {
     let probe = async {
-        let mut session = ReplicationClient::connect_gated(replication_config(conn, "unused"))
+        let mut session = Conn::connect(conn, "pgcutover")
             .await
             .map_err(|e| e.to_string())?;
-        session
-            .identify_system()
+        let rows = session
+            .simple_query("IDENTIFY_SYSTEM")
             .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string());
+        session.terminate().await;
+        rows.map(|_| ())
     };
     let message = match tokio::time::timeout(conn.connect_timeout * 2, probe).await {
         Ok(Ok(())) => return None,
@@ -133,7 +98,7 @@ pub async fn create_slot_with_snapshot(
     temporary: bool,
     server_major: u32,
 ) -> Result<ExportedSnapshot, SlotError> {
-    let mut session = ReplicationClient::connect_gated(replication_config(conn, slot))
+    let mut session = Conn::connect(conn, "pgcutover")
         .await
         .map_err(|e| SlotError::Connect {
             target: conn.to_string(),
@@ -150,19 +115,15 @@ pub async fn create_slot_with_snapshot(
         "CREATE_REPLICATION_SLOT {}{temp} LOGICAL pgoutput {options}",
         quote_ident(slot)
     );
-    let rows = session.simple_query(&sql).await.map_err(|e| {
-        let message = e.to_string();
-        if message.contains("authentication") || message.contains("io error") {
-            SlotError::Connect {
-                target: conn.to_string(),
-                message,
-            }
-        } else {
-            SlotError::Create {
-                slot: slot.to_string(),
-                message,
-            }
-        }
+    let rows = session.simple_query(&sql).await.map_err(|e| match e.kind {
+        ErrorKind::Io | ErrorKind::Tls | ErrorKind::Auth => SlotError::Connect {
+            target: conn.to_string(),
+            message: e.message,
+        },
+        ErrorKind::Server | ErrorKind::Protocol => SlotError::Create {
+            slot: slot.to_string(),
+            message: e.message,
+        },
     })?;
     let bad = |what: &str| SlotError::Create {
         slot: slot.to_string(),
@@ -171,8 +132,8 @@ pub async fn create_slot_with_snapshot(
     let row = rows.first().ok_or_else(|| bad("no row"))?;
     let text = |i: usize| -> Result<String, SlotError> {
         row.get(i)
-            .and_then(|v| v.as_ref())
-            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .cloned()
+            .flatten()
             .ok_or_else(|| bad("missing column"))
     };
     let lsn: Lsn = text(1)?.parse().map_err(|_| bad("consistent_point"))?;
