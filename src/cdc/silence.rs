@@ -5,9 +5,10 @@
 //! (a quarter of an hour by default) while the lag grows. The stream cannot be timed on its
 //! own, because a healthy walsender may send nothing for minutes while it reads through WAL
 //! with nothing to publish (a bulk load of unpublished tables, a long transaction not yet
-//! committed). PostgreSQL's own subscriber pings the walsender then; the replication
-//! transport here cannot, so pgcutover asks the source instead, which also sees the other
-//! direction.
+//! committed). PostgreSQL's own subscriber pings the walsender then, and gives up when no
+//! answer comes; pgcutover asks the source instead, on a connection of its own, which also
+//! sees the other direction (whether the source still hears this stream) and whether
+//! another session holds the slot.
 //!
 //! When the stream has received nothing for `replication.receive_timeout` (not even the
 //! heartbeat the daemon writes every second), a probe opens a new connection to the source

@@ -14,17 +14,13 @@
 //! * the **[`Stream`]** the session reads: it cuts the chunks into messages without copying
 //!   them ([`Event::Data`] is a slice of the chunk).
 //!
-//! **Waking up while catching up.** When the transactions arriving were committed on the
-//! source more than [`BEHIND`] before the server sent them (both times by the source's
-//! clock), the stream is working through a backlog, and there a wake-up per few messages
-//! is waste: when the walsender is the slowest stage, a reader that empties the socket is
-//! woken by nearly every message it sends, which cost the daemon and the walsender about a
-//! CPU-second each per million changes in the benchmark (BENCHMARKS.md, session 20). So
-//! while behind, the reader asks the kernel to report the socket readable only once
-//! [`LOW_WATER`] bytes wait (`SO_RCVLOWAT`), and reads whatever is there anyway after
-//! [`PATIENCE`] without one (a pause, or the backlog's tail). A keepalive (the walsender has
-//! nothing more to send) or a fresh transaction ends it. A transaction in a backlog is thus
-//! at most [`PATIENCE`] later than it would be; a live one is not delayed at all.
+//! **No low-water mark.** When the walsender is the slowest stage, a reader that empties
+//! the socket is woken by nearly every message it sends (tens of thousands of wake-ups per
+//! million changes). Asking the kernel to wake the reader only once 16 or 64 kB wait
+//! (`SO_RCVLOWAT`, raised while the transactions arriving were old, with a 10 ms patience)
+//! cut the wake-ups ten- to twentyfold, but the walsender then took 25–65 % more CPU for the
+//! same backlog and the catch-ups were no shorter (BENCHMARKS.md, session 21), so the
+//! reader reads whatever is there as soon as it is there.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,12 +38,6 @@ use crate::pg::wire::{Conn, ErrorKind, WireError, frame_len, server_error};
 
 /// A status update goes out once a newly confirmed position is this old.
 const STATUS_INTERVAL: Duration = Duration::from_millis(100);
-/// Transactions sent this long after their commit are a backlog.
-const BEHIND: i64 = 200_000; // microseconds
-/// While behind, the kernel wakes the reader for this many bytes…
-const LOW_WATER: usize = 64 * 1024;
-/// …or the reader takes what is there after this long.
-const PATIENCE: Duration = Duration::from_millis(10);
 /// Chunks read and not yet taken by the session (at most 256 kB each, usually far less).
 const CHUNKS_AHEAD: usize = 64;
 
@@ -198,7 +188,6 @@ impl Stream {
             sent_at: Instant::now(),
             scanned: 0,
             reply_due: false,
-            behind: false,
         };
         let reader = tokio::spawn(reader.run(stopped));
         Ok(Stream {
@@ -453,8 +442,6 @@ struct Reader {
     /// How far `wire.buf` has been looked through (whole messages only).
     scanned: usize,
     reply_due: bool,
-    /// Working through a backlog (see the module's documentation).
-    behind: bool,
 }
 
 /// What a look through the received bytes found.
@@ -464,8 +451,6 @@ struct Scan {
     whole: usize,
     /// The server asked for a status update now.
     reply: bool,
-    /// The latest verdict on whether the stream is behind, if any message gave one.
-    behind: Option<bool>,
     /// The server ended the stream or reported an error: nothing more will come.
     last: bool,
 }
@@ -479,16 +464,7 @@ fn scan(buf: &[u8], from: usize) -> Result<Scan, WireError> {
     while let Some(len) = frame_len(&buf[s.whole..])? {
         let m = &buf[s.whole..s.whole + len];
         match (m[0], m.get(5)) {
-            (b'd', Some(b'k')) => {
-                s.reply |= m.get(5 + 17) == Some(&1);
-                s.behind = Some(false);
-            }
-            // XLogData carrying a Begin: how long after its commit the server sent it.
-            (b'd', Some(b'w')) if m.get(5 + 25) == Some(&b'B') && m.len() >= 5 + 25 + 17 => {
-                let sent = be_u64(&m[5 + 17..]) as i64;
-                let committed = be_u64(&m[5 + 25 + 9..]) as i64;
-                s.behind = Some(sent.saturating_sub(committed) > BEHIND);
-            }
+            (b'd', Some(b'k')) => s.reply |= m.get(5 + 17) == Some(&1),
             (b'E' | b'c', _) => s.last = true,
             _ => {}
         }
@@ -526,9 +502,6 @@ impl Reader {
             let s = scan(&self.wire.buf, self.scanned)?;
             self.scanned = s.whole;
             self.reply_due |= s.reply;
-            if let Some(b) = s.behind {
-                self.behind = b;
-            }
             if self.reply_due {
                 self.send_status(self.shared.confirmed.load(Ordering::Acquire))
                     .await?;
@@ -543,10 +516,6 @@ impl Reader {
             if s.last {
                 return Ok(None);
             }
-            let low_water = if self.behind { LOW_WATER } else { 1 };
-            if self.wire.set_low_water(low_water) && self.wire.read_now()? > 0 {
-                continue;
-            }
             let confirmed = self.shared.confirmed.load(Ordering::Acquire);
             let pending = self.sent.is_none_or(|sent| confirmed > sent.0);
             let status_at = self.sent_at
@@ -555,15 +524,11 @@ impl Reader {
                 } else {
                     self.wakeup
                 };
-            let patient = self.behind.then(|| Instant::now() + PATIENCE);
             tokio::select! {
                 biased;
                 _ = &mut *stopped => return Ok(Some(true)),
                 _ = tokio::time::sleep_until(status_at) => self.send_status(confirmed).await?,
                 _ = self.shared.raised.notified(), if !pending => {}
-                _ = sleep_until_some(patient) => {
-                    self.wire.read_now()?;
-                }
                 r = self.wire.fill() => {
                     r?;
                 }
@@ -632,13 +597,6 @@ impl Reader {
             }
             self.wire.fill().await?;
         }
-    }
-}
-
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -729,7 +687,7 @@ mod tests {
     }
 
     #[test]
-    fn the_scan_finds_whole_messages_replies_and_backlogs() {
+    fn the_scan_finds_whole_messages_and_replies_asked_for() {
         let mut buf = xlog(1_000_000, &begin(0x20, 100));
         buf.extend(keepalive(0x30, true));
         let whole = buf.len();
@@ -738,13 +696,10 @@ mod tests {
         let s = scan(&buf, 0).unwrap();
         assert_eq!(s.whole, whole);
         assert!(s.reply && !s.last);
-        assert_eq!(s.behind, Some(false), "the keepalive came last");
-        let old = xlog(1_000_000, &begin(0x20, 100));
-        assert_eq!(scan(&old, 0).unwrap().behind, Some(true));
-        let fresh = xlog(1_000_000, &begin(0x20, 900_000));
-        assert_eq!(scan(&fresh, 0).unwrap().behind, Some(false));
-        let insert = xlog(1_000_000, b"I\0\0\0\x01N\0\0");
-        assert_eq!(scan(&insert, 0).unwrap().behind, None);
+        // Resumed where the last look ended.
+        assert_eq!(scan(&buf, whole).unwrap().whole, whole);
+        let quiet = keepalive(0x30, false);
+        assert!(!scan(&quiet, 0).unwrap().reply);
         // Nothing after an error is looked at.
         let mut e = b"E\0\0\0\x0aC55000\0\0".to_vec();
         e.extend(keepalive(1, true));

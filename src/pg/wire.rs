@@ -10,12 +10,12 @@
 //! `START_REPLICATION` up to the server's CopyBothResponse. What happens in CopyBoth mode is
 //! [`crate::cdc::stream`]'s.
 //!
-//! Why not a library's socket: the stream reads the socket itself, in large chunks, and
-//! asks the kernel to wake it only for a useful amount of data while it catches up
-//! ([`Conn::set_low_water`], [`Conn::read_now`]); a transport that owns the socket behind a
-//! task and a channel can do neither. So the socket is a plain non-blocking file descriptor
-//! under tokio's [`AsyncFd`], and TLS is driven by hand over it: bytes are read raw, handed
-//! to rustls, and the plaintext lands in [`Conn::buf`].
+//! Why not a library's transport: the stream reads the socket in large chunks and hands
+//! them on whole, so a message costs neither an allocation nor a channel hop of its own
+//! ([`crate::cdc::stream`]), and what the socket does is ours to measure and tune (session
+//! 21 tried a receive low-water mark on it). So the socket is a plain non-blocking file
+//! descriptor under tokio's [`AsyncFd`], and TLS is driven by hand over it: bytes are read
+//! raw, handed to rustls, and the plaintext lands in [`Conn::buf`].
 //!
 //! Errors say what went wrong without the password (neither the server nor this code ever
 //! echo it), and whether trying again may help ([`ErrorKind`]).
@@ -184,7 +184,6 @@ pub struct Conn {
     /// Raw bytes read for TLS, not yet handed to rustls.
     raw: BytesMut,
     out: BytesMut,
-    low_water: usize,
 }
 
 impl Conn {
@@ -243,7 +242,6 @@ impl Conn {
             buf: BytesMut::with_capacity(READ_SIZE),
             raw: BytesMut::new(),
             out: BytesMut::with_capacity(1024),
-            low_water: 1,
         };
         match sslmode {
             SslMode::Disable => {}
@@ -507,47 +505,6 @@ impl Conn {
                 Ok(Err(e)) => return Err(read_error(e)),
                 Err(_) => continue,
             }
-        }
-    }
-
-    /// Read what the socket has now, without waiting, and whatever tokio last saw of it:
-    /// with a low-water mark set, the kernel does not report as readable the bytes below the
-    /// mark, and they are read here. `Ok(0)`: nothing there.
-    pub fn read_now(&mut self) -> Result<usize, WireError> {
-        let fd = self.fd.get_ref().as_raw_fd();
-        match read_some(fd, &mut self.tls, &mut self.buf, &mut self.raw) {
-            Ok(n) => Ok(n),
-            Err(e) if would_block(&e) => Ok(0),
-            Err(e) => Err(read_error(e)),
-        }
-    }
-
-    /// Ask the kernel to report the socket readable only once `bytes` are waiting (TCP's
-    /// `SO_RCVLOWAT`; one byte is the default). Bytes below it are still read by
-    /// [`Conn::read_now`]. A Unix socket ignores it. Returns whether the mark changed.
-    pub fn set_low_water(&mut self, bytes: usize) -> bool {
-        if bytes == self.low_water {
-            return false;
-        }
-        let Sock::Tcp(s) = self.fd.get_ref() else {
-            return false;
-        };
-        let value = bytes.min(i32::MAX as usize) as libc::c_int;
-        // SAFETY: a valid socket, and a pointer to an int of the size given.
-        let r = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVLOWAT,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r == 0 {
-            self.low_water = bytes;
-            true
-        } else {
-            false
         }
     }
 
