@@ -105,3 +105,91 @@ async fn replication_sessions_authenticate_every_way_and_report_errors() {
     };
     assert_eq!(e.kind, ErrorKind::Io, "{e}");
 }
+
+/// The apply may leave the stream unread for longer than the source's `wal_sender_timeout`
+/// (a slow target, a hold during cutover): the reader keeps answering the walsender while
+/// the chunks it read wait, so the stream is neither ended nor loses anything, and the
+/// position confirmed before closing is the slot's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_left_unread_keeps_its_walsender_and_loses_nothing() {
+    use pgcutover::cdc::stream::{Event, Stream};
+    use pgcutover::pg::Lsn;
+    use std::time::{Duration, Instant};
+
+    let cluster = tokio::task::spawn_blocking(|| TempCluster::start(&ClusterOptions::default()))
+        .await
+        .unwrap()
+        .expect("start a cluster");
+    let conn = cluster.conn("postgres");
+    let admin = conn.connect("test").await.unwrap();
+    // One statement per call: ALTER SYSTEM may not run in a transaction block.
+    for sql in [
+        "ALTER SYSTEM SET wal_sender_timeout = '1s'",
+        "SELECT pg_reload_conf()",
+    ] {
+        admin.batch_execute(sql).await.unwrap();
+    }
+    admin
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text);
+             CREATE PUBLICATION p FOR TABLE t;",
+        )
+        .await
+        .unwrap();
+    let start: String = admin
+        .query_one(
+            "SELECT lsn::text FROM pg_create_logical_replication_slot('s', 'pgoutput')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let start: Lsn = start.parse().unwrap();
+    // 200 transactions of 100 rows of 1 kB: about 20 MB of stream, more than the reader's
+    // chunks and the socket hold.
+    admin
+        .batch_execute(
+            "DO $$ BEGIN FOR i IN 0..199 LOOP
+               INSERT INTO t SELECT g, repeat(md5(g::text), 32)
+                 FROM generate_series(i * 100, i * 100 + 99) g;
+               COMMIT;
+             END LOOP; END $$",
+        )
+        .await
+        .unwrap();
+    let mut stream = Stream::open(&conn, "s", "p", start, Duration::from_millis(250))
+        .await
+        .unwrap();
+    let sender = "SELECT pid FROM pg_stat_replication WHERE application_name = 'pgcutover'";
+    let pid: i32 = admin.query_one(sender, &[]).await.unwrap().get(0);
+    // Four times wal_sender_timeout without reading a thing.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (mut commits, mut inserts, mut last_end) = (0, 0, start);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while commits < 200 {
+        assert!(Instant::now() < deadline, "{commits} commits after 120 s");
+        match stream.next().await.expect("the stream went on") {
+            Some(Event::Commit { end_lsn }) => {
+                commits += 1;
+                last_end = end_lsn;
+            }
+            Some(Event::Data(d)) if d[0] == b'I' => inserts += 1,
+            Some(_) => {}
+            None => panic!("the server ended the stream"),
+        }
+    }
+    assert_eq!(inserts, 20_000);
+    let still: i32 = admin.query_one(sender, &[]).await.unwrap().get(0);
+    assert_eq!(still, pid, "the same walsender all along");
+    stream.confirm(last_end);
+    stream.close().await;
+    let confirmed: String = admin
+        .query_one(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 's'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(confirmed.parse::<Lsn>().unwrap(), last_end);
+}

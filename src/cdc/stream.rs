@@ -584,8 +584,11 @@ impl Reader {
         Ok(())
     }
 
-    /// CopyDone, then read until the server has finished the command.
+    /// The last confirmed position, CopyDone, then read until the server has finished the
+    /// command (the slot keeps that position).
     async fn finish(&mut self) -> Result<(), WireError> {
+        self.send_status(self.shared.confirmed.load(Ordering::Acquire))
+            .await?;
         self.wire.send(b"c\0\0\0\x04").await?;
         loop {
             while let Some(len) = frame_len(&self.wire.buf)? {

@@ -2,7 +2,8 @@
 //!
 //! The slot is created on a *replication* connection (the `replication=database` startup
 //! parameter, which tokio-postgres cannot send; see [`super::wire`]): it authenticates, runs
-//! `CREATE_REPLICATION_SLOT ... (SNAPSHOT 'export')`, and then simply stays open. PostgreSQL keeps the exported snapshot importable exactly as long as that
+//! `CREATE_REPLICATION_SLOT ... (SNAPSHOT 'export')`, and then simply stays open.
+//! PostgreSQL keeps the exported snapshot importable exactly as long as that
 //! session runs no other command and stays connected, so [`ExportedSnapshot`] owns the session
 //! and the snapshot dies with it (correctness rule 1: every copy worker imports it before it
 //! is dropped). See <https://www.postgresql.org/docs/current/protocol-replication.html>.
@@ -50,8 +51,8 @@ pub struct ExportedSnapshot {
     pub lsn: Lsn,
 }
 
-/// Whether the source takes a replication connection as the stream will open it: a gated
-/// session that runs `IDENTIFY_SYSTEM` (read-only) and ends. A connection that works for SQL
+/// Whether the source takes a replication connection as the stream will open it: a session
+/// that runs `IDENTIFY_SYSTEM` (read-only) and ends. A connection that works for SQL
 /// can still be refused there: by `pg_hba.conf`, or by a connection pooler that does not pass
 /// replication connections on (PgBouncer before 1.23). The error, and what to do about it.
 pub async fn replication_refusal(conn: &ConnInfo) -> Option<(String, String)> {
