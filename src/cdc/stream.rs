@@ -18,9 +18,12 @@
 //! the socket is woken by nearly every message it sends (tens of thousands of wake-ups per
 //! million changes). Asking the kernel to wake the reader only once 16 or 64 kB wait
 //! (`SO_RCVLOWAT`, raised while the transactions arriving were old, with a 10 ms patience)
-//! cut the wake-ups ten- to twentyfold, but the walsender then took 25–65 % more CPU for the
-//! same backlog and the catch-ups were no shorter (BENCHMARKS.md, session 21), so the
-//! reader reads whatever is there as soon as it is there.
+//! cut the wake-ups 2–12-fold, but the walsender then took 40–80 % more CPU for the same
+//! backlog and the catch-ups were no shorter (BENCHMARKS.md, session 21). Its profile says
+//! why: with data left waiting, each of its sends puts a segment of its own on the wire,
+//! and over loopback the delivery runs inside that send too, on the process that sets the
+//! pace; an eager reader takes most of that work into its own system calls. So the reader
+//! reads whatever is there as soon as it is there.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -15,7 +15,7 @@
 //! ([`crate::cdc::stream`]), and what the socket does is ours to measure and tune (session
 //! 21 tried a receive low-water mark on it). So the socket is a plain non-blocking file
 //! descriptor under tokio's [`AsyncFd`], and TLS is driven by hand over it: bytes are read
-//! raw, handed to rustls, and the plaintext lands in [`Conn::buf`].
+//! raw, handed to rustls, and the plaintext lands in the connection's buffer.
 //!
 //! Errors say what went wrong without the password (neither the server nor this code ever
 //! echo it), and whether trying again may help ([`ErrorKind`]).
@@ -458,7 +458,7 @@ impl Conn {
     }
 
     /// `START_REPLICATION` (`sql`), up to the server's CopyBothResponse. From then on the
-    /// server streams; [`Conn::buf`] may already hold the first bytes of it.
+    /// server streams; the connection's buffer may already hold the first bytes of it.
     pub async fn start_copy_both(&mut self, sql: &str) -> Result<(), WireError> {
         self.out.clear();
         frontend::query(sql, &mut self.out).map_err(|e| WireError::protocol(e.to_string()))?;
