@@ -1,6 +1,7 @@
 //! pgcutover's own replication connections (`src/pg/wire.rs`) against a real server: every
-//! password method PostgreSQL offers, refused credentials, a Unix socket, and an error that
-//! leaves the session usable.
+//! password method PostgreSQL offers, refused credentials, a Unix socket, an error that
+//! leaves the session usable, the receive window bounded on loopback, and a stream left
+//! unread (then read by a reader that naps, on loopback) that loses nothing.
 
 use pgcutover::pg::cluster::{ClusterOptions, TempCluster};
 use pgcutover::pg::wire::{Conn, ErrorKind};
@@ -51,6 +52,16 @@ async fn replication_sessions_authenticate_every_way_and_report_errors() {
     let row = identify(&mut scram).await;
     assert_eq!(row.len(), 4, "systemid, timeline, xlogpos, dbname: {row:?}");
     assert_eq!(row[3].as_deref(), Some("postgres"));
+    // Loopback is a short round trip: the receive buffer may be bounded, and is (the kernel
+    // doubles the figure for its bookkeeping); the session still works.
+    let before = scram.receive_buffer().expect("SO_RCVBUF");
+    assert!(scram.bound_receive_window(64 * 1024));
+    let bounded = scram.receive_buffer().expect("SO_RCVBUF");
+    assert!(
+        (64 * 1024..=256 * 1024).contains(&bounded),
+        "{before} -> {bounded}"
+    );
+    assert_eq!(identify(&mut scram).await.len(), 4);
     for (user, password) in [("md5_user", "md5-secret"), ("plain_user", "plain-secret")] {
         let mut c = Conn::connect(&cluster.conn_as("postgres", user, password), "test")
             .await
@@ -80,6 +91,8 @@ async fn replication_sessions_authenticate_every_way_and_report_errors() {
     local.password = None;
     let mut unix = Conn::connect(&local, "test").await.unwrap();
     assert_eq!(identify(&mut unix).await.len(), 4);
+    // No window to bound on a Unix socket.
+    assert!(!unix.bound_receive_window(64 * 1024));
 
     // A command the server refuses is an error with its SQLSTATE, and the session goes on.
     let e = scram

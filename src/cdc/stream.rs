@@ -20,10 +20,25 @@
 //! (`SO_RCVLOWAT`, raised while the transactions arriving were old, with a 10 ms patience)
 //! cut the wake-ups 2–12-fold, but the walsender then took 40–80 % more CPU for the same
 //! backlog and the catch-ups were no shorter (BENCHMARKS.md, session 21). Its profile says
-//! why: with data left waiting, each of its sends puts a segment of its own on the wire,
-//! and over loopback the delivery runs inside that send too, on the process that sets the
-//! pace; an eager reader takes most of that work into its own system calls. So the reader
-//! reads whatever is there as soon as it is there.
+//! why: with data left waiting *in an open window*, each of its sends puts a segment of its
+//! own on the wire, and over loopback the delivery runs inside that send too, on the
+//! process that sets the pace.
+//!
+//! **A short window and a nap, on a short round trip.** What does make the walsender
+//! cheaper is a *closed* window: then the kernel only appends each message to the socket's
+//! queue, and the queue goes out later in large segments as the reader's reads reopen the
+//! window (that work runs in the reader's system calls). The native worker, feeding an
+//! apply slower than its walsender, keeps the window closed; against it pgcutover's
+//! walsender took 1.08–1.54× the CPU for the same backlog (session 25). So on a connection
+//! whose round trip is under a millisecond (the same machine or a local network) the stream
+//! bounds the socket's receive buffer to [`RECEIVE_WINDOW`] ([`Conn::bound_receive_window`];
+//! at that round trip the window still carries over 64 MB/s, more than any apply takes),
+//! and after a read of 8 kB or more (a stream in full flow, not a live trickle) the reader
+//! naps for a millisecond before it reads again, while the walsender fills the window. In
+//! catch-up-only runs pgcutover's walsender then took 0.79–0.98× the native worker's
+//! walsender's CPU, the daemon a fifth less, and the catch-ups were shorter
+//! (BENCHMARKS.md, session 25). A live transaction waits for no nap (its reads are small);
+//! over a longer round trip the window is left to the kernel and the reader never naps.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +56,13 @@ use crate::pg::wire::{Conn, ErrorKind, WireError, frame_len, server_error};
 
 /// A status update goes out once a newly confirmed position is this old.
 const STATUS_INTERVAL: Duration = Duration::from_millis(100);
+/// The receive buffer asked for on a short round trip (see the module's documentation;
+/// the kernel doubles it for its bookkeeping).
+pub const RECEIVE_WINDOW: usize = 64 * 1024;
+/// A read at least this large shows a stream in full flow: the reader then naps…
+const NAP_AFTER: usize = 8 * 1024;
+/// …for this long, while the walsender fills the window.
+const NAP: Duration = Duration::from_millis(1);
 /// Chunks read and not yet taken by the session (at most 256 kB each, usually far less).
 const CHUNKS_AHEAD: usize = 64;
 
@@ -176,6 +198,12 @@ impl Stream {
                 transient: true,
             })?
             .map_err(err)?;
+        let nap = wire.bound_receive_window(RECEIVE_WINDOW);
+        tracing::debug!(
+            bounded = nap,
+            receive_buffer = wire.receive_buffer(),
+            "replication stream started"
+        );
         let shared = Arc::new(Shared {
             confirmed: AtomicU64::new(start.0),
             raised: Notify::new(),
@@ -191,6 +219,7 @@ impl Stream {
             sent_at: Instant::now(),
             scanned: 0,
             reply_due: false,
+            nap,
         };
         let reader = tokio::spawn(reader.run(stopped));
         Ok(Stream {
@@ -445,6 +474,9 @@ struct Reader {
     /// How far `wire.buf` has been looked through (whole messages only).
     scanned: usize,
     reply_due: bool,
+    /// The receive window is bounded: nap after large reads (see the module's
+    /// documentation).
+    nap: bool,
 }
 
 /// What a look through the received bytes found.
@@ -533,7 +565,9 @@ impl Reader {
                 _ = tokio::time::sleep_until(status_at) => self.send_status(confirmed).await?,
                 _ = self.shared.raised.notified(), if !pending => {}
                 r = self.wire.fill() => {
-                    r?;
+                    if self.nap && r? >= NAP_AFTER {
+                        tokio::time::sleep(NAP).await;
+                    }
                 }
             }
         }

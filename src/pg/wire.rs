@@ -134,6 +134,30 @@ impl AsRawFd for Sock {
     }
 }
 
+/// A round trip short enough that bounding the receive window costs no throughput: a
+/// machine's loopback or a local network (a few tens of microseconds to a few hundred),
+/// not a link between sites.
+pub const SHORT_ROUND_TRIP: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// The kernel's smoothed round-trip time of a TCP socket (`TCP_INFO`), once measured.
+fn round_trip_of(fd: RawFd) -> Option<std::time::Duration> {
+    // SAFETY: `tcp_info` is plain data; zeroes are a valid value of it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: a valid socket, and a `tcp_info` with its size for the answer.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    (r == 0 && info.tcpi_rtt > 0)
+        .then(|| std::time::Duration::from_micros(u64::from(info.tcpi_rtt)))
+}
+
 /// `recv()` into the free space at the end of `buf`, growing it first when little is left.
 /// `Ok(0)` is the end of the stream.
 fn recv_into(fd: RawFd, buf: &mut BytesMut, at_most: usize) -> io::Result<usize> {
@@ -506,6 +530,52 @@ impl Conn {
                 Err(_) => continue,
             }
         }
+    }
+
+    /// Bound the socket's receive buffer to `bytes` (the kernel doubles the figure for its
+    /// bookkeeping, and stops tuning it), when the connection is TCP and its measured round
+    /// trip is under [`SHORT_ROUND_TRIP`]: a window of that size then still carries more per
+    /// round trip than the stream needs (see [`crate::cdc::stream`] for why the stream wants
+    /// it). Over a longer round trip the window is what bounds throughput, so it is left to
+    /// the kernel. Returns whether the buffer was bounded.
+    pub fn bound_receive_window(&mut self, bytes: usize) -> bool {
+        let Sock::Tcp(s) = self.fd.get_ref() else {
+            return false;
+        };
+        let fd = s.as_raw_fd();
+        if round_trip_of(fd).is_none_or(|rtt| rtt >= SHORT_ROUND_TRIP) {
+            return false;
+        }
+        let value = bytes.min(i32::MAX as usize) as libc::c_int;
+        // SAFETY: a valid socket, and a pointer to an int of the size given.
+        let r = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        r == 0
+    }
+
+    /// The socket's receive buffer as the kernel reports it (`SO_RCVBUF`).
+    pub fn receive_buffer(&self) -> Option<usize> {
+        let fd = self.fd.get_ref().as_raw_fd();
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: a valid socket, and an int with its size for the answer.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        (r == 0).then_some(value as usize)
     }
 
     /// Send `bytes` (encrypted when TLS is on), waiting while the socket is full.
