@@ -31,10 +31,12 @@
 //! apply slower than its walsender, keeps the window closed; against it pgcutover's
 //! walsender took 1.08–1.54× the CPU for the same backlog (session 25). So on a connection
 //! whose round trip is under a millisecond (the same machine or a local network) the stream
-//! bounds the socket's receive buffer to [`RECEIVE_WINDOW`] ([`Conn::bound_receive_window`];
-//! at that round trip the window still carries over 64 MB/s, more than any apply takes),
+//! bounds the socket's receive buffer to [`RECEIVE_WINDOW`] ([`Conn::bound_receive_window`]),
 //! and after a read of 8 kB or more (a stream in full flow, not a live trickle) the reader
-//! naps for a millisecond before it reads again, while the walsender fills the window. In
+//! naps for a millisecond before it reads again, while the walsender fills the window. That
+//! bounds the stream to about a window a millisecond, some 60 MB/s, over twice what the
+//! apply takes at its fastest in the benchmark (about 26 MB/s of stream); a variant that
+//! read on at once after a whole window gave most of the walsender's saving back. In
 //! catch-up-only runs pgcutover's walsender then took 0.79–0.98× the native worker's
 //! walsender's CPU, the daemon a fifth less, and the catch-ups were shorter
 //! (BENCHMARKS.md, session 25). A live transaction waits for no nap (its reads are small);
