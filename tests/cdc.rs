@@ -1804,6 +1804,78 @@ async fn a_target_whose_flush_position_never_moves_gets_synchronous_commits() {
     server.await.unwrap().unwrap();
 }
 
+/// While the daemon runs, the source lets go of the WAL behind what the target has applied:
+/// the slot's `restart_lsn` moves past a backlog once a `running_xacts` record after it (a
+/// checkpoint writes one) is decoded and confirmed. That needs the stream to confirm the
+/// server's position when nothing of ours is in flight, not only the last commit it applied;
+/// otherwise the source keeps every byte of WAL since the stream began.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_source_lets_go_of_the_wal_the_target_has_applied() {
+    let pair = Pair::start().await;
+    let src = pair.src().await;
+    src.batch_execute(
+        "CREATE TABLE marker (id serial PRIMARY KEY);
+         CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL);
+         INSERT INTO t SELECT g, 0 FROM generate_series(1, 20000) g;",
+    )
+    .await
+    .unwrap();
+    let (addr, stop, server) = start_daemon(&pair, "").await;
+    let tgt = pair.tgt().await;
+    wait_caught_up(&src, &tgt, LIMIT).await;
+    let before = source_lsn(&src).await;
+    // A backlog of many transactions, as a catch-up meets it.
+    src.batch_execute(
+        "DO $$ BEGIN FOR i IN 0..199 LOOP
+           UPDATE t SET v = v + 1 WHERE id > i * 100 AND id <= (i + 1) * 100; COMMIT;
+         END LOOP; END $$",
+    )
+    .await
+    .unwrap();
+    let written = source_lsn(&src).await;
+    let backlog: i64 = src
+        .query_one(
+            "SELECT ($1::text::pg_lsn - $2::text::pg_lsn)::bigint",
+            &[&written, &before],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(backlog > 1 << 20, "a backlog of only {backlog} bytes");
+    wait_caught_up(&src, &tgt, LIMIT).await;
+    let mut checks = 0u32;
+    wait_for(
+        LIMIT,
+        "the slot's restart_lsn to pass the applied backlog",
+        || {
+            checks += 1;
+            let (src, written) = (&src, &written);
+            async move {
+                if checks % 10 == 1 {
+                    src.batch_execute("CHECKPOINT").await.unwrap();
+                }
+                src.query_one(
+                    "SELECT restart_lsn >= $1::text::pg_lsn FROM pg_replication_slots",
+                    &[written],
+                )
+                .await
+                .unwrap()
+                .get(0)
+            }
+        },
+    )
+    .await;
+    // /status reports the release (it reads the slot every few seconds).
+    wait_for(LIMIT, "/status to report the WAL released", || async {
+        let retained = get(addr, "/status").await.1["cdc"]["retained_wal_bytes"].as_i64();
+        retained.is_some_and(|r| r < backlog)
+    })
+    .await;
+    assert_same(&pair).await;
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
 /// A table described anew (its shape changed on the source and the target already matched)
 /// gets its statements prepared again; those of its older shape are freed, so that the
 /// target sessions do not collect them over a long stream.
