@@ -27,7 +27,8 @@
 # meets (see bulk_state below); APPLY_SESSIONS sets pgcutover's replication.apply_sessions
 # (default 2); QUIET=1 starts each catch-up with no autovacuum running (see quiet below);
 # HOG=PCT runs a neighbour that takes PCT % of one core during every catch-up (see hog_on);
-# WAITS=1 samples what the consumer's server processes wait for (see waits_on).
+# WAITS=1 samples what the consumer's server processes wait for (see waits_on); SETTLE=0
+# leaves the vacuum after a backlog and after each catch-up to autovacuum (see settle).
 #
 # Reuses the shared harness (clusters, dataset, markers, workloads, lag sampler).
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -375,10 +376,24 @@ catchup() {   # catchup native|pgcutover WORKLOAD ROUND MARKER
   local hot; hot=$(hot_share "$upd0" "$(updates_of "$db")")
   raw "catchup_${w}_hot_update_pct_$who" "$r" "$hot" %
   CPU_OF[$who.$w.hot]+="$hot "
+  settle "$DST_PORT" "$db"
   if [ "$w" = pgbench ]; then changes=$((N_TX / CLIENTS * CLIENTS * 4)); else changes=$BULK_ROWS; fi
   rate=$(calc "$changes/$(elapsed "$t0" "$t1")" 0)
   raw "catchup_${w}_rows_per_s_$who" "$r" "$rate" rows/s
   RATE_LIST[$who.$w]+="$rate "
+}
+# SETTLE=1 (the default since session 26) vacuums, untimed, what a catch-up leaves to
+# autovacuum before the next one starts: the source's database after the backlog is written
+# (the WAL that vacuum writes comes after the marker, so no consumer's clock sees it), and
+# the target database a consumer has just caught up (before the other consumer's catch-up).
+# Without it the rows a backlog leaves dead are vacuumed by autovacuum whenever its next
+# round falls, often beside the *other* consumer's catch-up (session 25 and 26 found rounds
+# with 3.5-4 core-seconds of other processes and an autovacuum worker at their end). Each
+# consumer's table is vacuumed after each of its catch-ups, so both meet the same state.
+# SETTLE=0 leaves it all to autovacuum, as every run before session 26.
+settle() {   # settle PORT DB
+  [ "${SETTLE:-1}" = 0 ] && return 0
+  psql_port "$1" -d "$2" -c VACUUM >/dev/null
 }
 # Autovacuum during the catch-ups. The backlog just written makes the source vacuum its
 # tables, and the consumer that went first leaves its database on the target to be
@@ -418,6 +433,7 @@ bulk_state() {
     src -c CHECKPOINT >/dev/null; dst -c CHECKPOINT >/dev/null
     if [ "$w" = pgbench ]; then workload_pgbench "$N_TX"; else workload_bulk "$BULK_ROWS" "$BATCH"; fi
     id=$(put_marker)
+    settle "$SRC_PORT" "$DBNAME"
     # the second consumer reads WAL the first one's walsender brought into the page cache:
     # alternate who goes first
     if [ $((r % 2)) = 1 ]; then firsts="native pgcutover"; else firsts="pgcutover native"; fi
