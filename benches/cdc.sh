@@ -387,7 +387,7 @@ catchup() {   # catchup native|pgcutover WORKLOAD ROUND MARKER
 # (the WAL that vacuum writes comes after the marker, so no consumer's clock sees it), and
 # the target database a consumer has just caught up (before the other consumer's catch-up).
 # Without it the rows a backlog leaves dead are vacuumed by autovacuum whenever its next
-# round falls, often beside the *other* consumer's catch-up (session 25 and 26 found rounds
+# round falls, often beside the *other* consumer's catch-up (sessions 25 and 26 found rounds
 # with 3.5-4 core-seconds of other processes and an autovacuum worker at their end). Each
 # consumer's table is vacuumed after each of its catch-ups, so both meet the same state.
 # SETTLE=0 leaves it all to autovacuum, as every run before session 26.
