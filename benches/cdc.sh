@@ -13,8 +13,9 @@
 #      a backlog (pgbench: N_TX transactions of 4 row changes; bulk: BULK_ROWS rows updated in
 #      BATCH-row transactions), then each consumer alone applies that same backlog, timed from
 #      its start until a marker row written last is on its target; with the CPU of each of
-#      its processes, the rest of the machine (idle, stolen, other processes), the context
-#      switches of the walsender and the daemon, and the share of HOT updates on the target.
+#      its processes, the rest of the machine (idle, stolen, other processes, and which of
+#      those took most), the context switches of the walsender and the daemon, and the share
+#      of HOT updates on the target.
 #   3. pgcutover's peak RSS over every daemon it started.
 # Every catch-up ends with the harness's content fingerprint check (target equals source).
 # Medians over the rounds go in METRIC lines and a table; each round's figures in RAW lines.
@@ -320,32 +321,64 @@ hot_share() {   # hot_share "TOTAL0 HOT0" "TOTAL1 HOT1" -> per cent of the updat
   local a0 h0 a1 h1; read -r a0 h0 <<< "$1"; read -r a1 h1 <<< "$2"
   if [ "$((a1 - a0))" -gt 0 ]; then calc "100 * ($h1 - $h0) / ($a1 - $a0)" 1; else echo NA; fi
 }
+# Every process's CPU clock ticks so far, "pid ticks" (the command name in /proc/PID/stat may
+# hold spaces: the fields are counted after its closing parenthesis; a process that ended
+# since the glob is skipped).
+all_ticks() {
+  { cat /proc/[0-9]*/stat 2>/dev/null || true; } \
+    | awk '{ s = $0; sub(/^.*\) /, "", s); split(s, f, " "); print $1, f[12] + f[13] }'
+}
+# The processes that took the most CPU between two all_ticks snapshots, leaving out the PIDs
+# given (the consumer's own): "title=seconds,..." for the top 4, the title from the process's
+# command line (a server process shows its role there: "postgres: checkpointer", ...), then
+# "(all)=seconds" for every such process together. A process that started in between counts
+# all its ticks; one that ended in between is missed, so the machine's "other" core-seconds
+# less "(all)" is what ended processes (a finished autovacuum worker, say) and interrupts took.
+top_others() {   # top_others BEFORE AFTER PID...
+  local before="$1" after="$2" tck p t title; shift 2
+  tck=$(getconf CLK_TCK)
+  awk -v skip=" $* " 'NR == FNR {a[$1] = $2; next} index(skip, " " $1 " ") == 0 {d = $2 - a[$1]; if (d > 0) print $1, d}' \
+    "$before" "$after" | sort -k2 -rn > "$BENCH_TMP/others"
+  { head -4 "$BENCH_TMP/others" | while read -r p t; do
+      title=$(tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | cut -c1-48 | sed 's/ *$//; s/[,=]/ /g')
+      printf '%s=%s\n' "${title:-pid $p}" "$(calc "$t / $tck" 2)"
+    done
+    echo "(all)=$(calc "$(awk '{s += $2} END {print s + 0}' "$BENCH_TMP/others") / $tck" 2)"
+  } | paste -sd, -
+}
 catchup() {   # catchup native|pgcutover WORKLOAD ROUND MARKER
   local who="$1" w="$2" r="$3" id="$4" db="$DBNAME" t0 t1 rate changes ws apply daemon=0 upd0
   [ "$who" = pgcutover ] && db="$OURDB"
   upd0=$(updates_of "$db")
   hog_on; waits_on "$who"
+  all_ticks > "$BENCH_TMP/ticks0"
   read -r busy0 idle0 iowait0 steal0 < <(machine_ticks)
   t0=$(now)
   if [ "$who" = native ]; then native_on; else ours_on; fi
   wait_marker_in "$db" "$id"
   t1=$(now)
   read -r busy1 idle1 iowait1 steal1 < <(machine_ticks)
+  all_ticks > "$BENCH_TMP/ticks1"
   hog_off; waits_off "$w" "$who" "$r"
   raw "catchup_${w}_autovacuums_at_end_$who" "$r" "$(autovacuums)" workers
   # where the catch-up's CPU went: the source's walsender, the target's apply backends (the
   # native worker, or pgcutover's sessions), pgcutover's daemon
-  local wsp
+  local wsp applyp
   if [ "$who" = native ]; then
     wsp=$(srcq "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'bench_sub'")
     ws=$(cpu_s "$wsp")
-    apply=$(cpu_s $(dst -At -c "SELECT pid FROM pg_stat_subscription WHERE subname = 'bench_sub' AND pid IS NOT NULL"))
+    applyp=$(dst -At -c "SELECT pid FROM pg_stat_subscription WHERE subname = 'bench_sub' AND pid IS NOT NULL")
   else
     wsp=$(srcq "SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'pgcutover_bench'")
     ws=$(cpu_s "$wsp")
-    apply=$(cpu_s $(dst -At -c "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgcutover-apply'"))
+    applyp=$(dst -At -c "SELECT pid FROM pg_stat_activity WHERE application_name = 'pgcutover-apply'")
     daemon=$(cpu_s "$DAEMON_PID")
   fi
+  # shellcheck disable=SC2086
+  apply=$(cpu_s $applyp)
+  # shellcheck disable=SC2086
+  raw "catchup_${w}_top_others_$who" "$r" \
+    "$(top_others "$BENCH_TMP/ticks0" "$BENCH_TMP/ticks1" "$wsp" $applyp "${DAEMON_PID:-0}")" s
   raw "catchup_${w}_cpu_s_walsender_$who" "$r" "$ws" s; raw "catchup_${w}_cpu_s_apply_$who" "$r" "$apply" s
   # How often the walsender and the daemon were switched out (each process started with this
   # catch-up): a reader that empties its socket is woken for each message sent after.
