@@ -306,6 +306,24 @@ waits_off() {   # waits_off WORKLOAD WHO ROUND
       | sort | uniq -c | sort -rn | awk '{printf "%s%s=%d", (NR > 1 ? "," : ""), $2, $1}')" samples
   done
 }
+# The walsender's socket so far (source side), "bytes_sent data_segs_out mean": how many TCP
+# segments carried the stream. A reader that keeps its window open gets each message in a
+# segment of its own (a few hundred bytes), sent and, over loopback, delivered inside the
+# walsender's send(); a closed window has the kernel queue the messages and send them later
+# in large segments (BENCHMARKS.md, session 25).
+socket_segments() {   # socket_segments PID
+  ss -tinpH state established "( sport = :$SRC_PORT )" 2>/dev/null | awk -v pid="pid=$1," '
+    index($0, pid) {hit = 1; next}
+    hit && /segs_out/ {
+      b = 0; g = 0
+      for (i = 1; i <= NF; i++) {
+        if ($i ~ /^bytes_sent:/) {split($i, a, ":"); b = a[2]}
+        if ($i ~ /^data_segs_out:/) {split($i, a, ":"); g = a[2]}
+      }
+      printf "%d %d %d\n", b, g, (g > 0 ? b / g : 0); exit
+    }
+    {hit = 0}'
+}
 # Context switches, voluntary and not, of process $1 and all its threads so far
 switches() {
   cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}'
@@ -346,10 +364,20 @@ top_others() {   # top_others BEFORE AFTER PID...
     echo "(all)=$(calc "$(awk '{s += $2} END {print s + 0}' "$BENCH_TMP/others") / $tck" 2)"
   } | paste -sd, -
 }
+# What the target cluster has written to its WAL so far (pg_stat_wal): "records fpi bytes".
+# A backend adds its counts when it ends at the latest, so read once the consumer stopped.
+target_wal() {
+  dst -At -F' ' -c "SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal"
+}
+wal_delta() {   # wal_delta "R0 F0 B0" "R1 F1 B1" -> "records fpi MB"
+  local r0 f0 b0 r1 f1 b1; read -r r0 f0 b0 <<< "$1"; read -r r1 f1 b1 <<< "$2"
+  echo "$((r1 - r0)) $((f1 - f0)) $(calc "($b1 - $b0) / 1048576" 1)"
+}
 catchup() {   # catchup native|pgcutover WORKLOAD ROUND MARKER
   local who="$1" w="$2" r="$3" id="$4" db="$DBNAME" t0 t1 rate changes ws apply daemon=0 upd0
   [ "$who" = pgcutover ] && db="$OURDB"
   upd0=$(updates_of "$db")
+  local wal0 wal; wal0=$(target_wal)
   hog_on; waits_on "$who"
   all_ticks > "$BENCH_TMP/ticks0"
   read -r busy0 idle0 iowait0 steal0 < <(machine_ticks)
@@ -376,6 +404,10 @@ catchup() {   # catchup native|pgcutover WORKLOAD ROUND MARKER
   fi
   # shellcheck disable=SC2086
   apply=$(cpu_s $applyp)
+  local segs; segs=$(socket_segments "$wsp")
+  raw "catchup_${w}_walsender_segments_$who" "$r" "$segs" "bytes/segments"
+  CPU_OF[$who.$w.segs]+="$(echo "$segs" | awk '{print ($2 == "" ? "NA" : $2)}') "
+  CPU_OF[$who.$w.segbytes]+="$(echo "$segs" | awk '{print ($3 == "" ? "NA" : $3)}') "
   # shellcheck disable=SC2086
   raw "catchup_${w}_top_others_$who" "$r" \
     "$(top_others "$BENCH_TMP/ticks0" "$BENCH_TMP/ticks1" "$wsp" $applyp "${DAEMON_PID:-0}")" s
@@ -405,6 +437,11 @@ catchup() {   # catchup native|pgcutover WORKLOAD ROUND MARKER
     CPU_OF[$who.$w.$k]+="$v "
   done
   if [ "$who" = native ]; then native_off; else ours_off; fi
+  # the WAL the catch-up made the target write (its records, full-page images, MB): the
+  # WAL writer's CPU beside a catch-up follows it
+  wal=$(wal_delta "$wal0" "$(target_wal)")
+  raw "catchup_${w}_target_wal_$who" "$r" "$wal" "records/fpi/MB"
+  CPU_OF[$who.$w.walfpi]+="$(echo "$wal" | awk '{print $2}') "; CPU_OF[$who.$w.walmb]+="$(echo "$wal" | awk '{print $3}') "
   same_or_die "$db" "$who $w catch-up"
   local hot; hot=$(hot_share "$upd0" "$(updates_of "$db")")
   raw "catchup_${w}_hot_update_pct_$who" "$r" "$hot" %
@@ -550,7 +587,7 @@ metric pgcutover_peak_rss "$(calc "$PEAK_KB/1024" 1)" MB
 if ran bulk; then
   # shellcheck disable=SC2086
   for k in native.bulk.ws native.bulk.apply pgcutover.bulk.ws pgcutover.bulk.apply pgcutover.bulk.daemon \
-    native.bulk.wall pgcutover.bulk.wall {native,pgcutover}.bulk.{idle,iowait,steal,other,hot,swws} pgcutover.bulk.swd; do
+    native.bulk.wall pgcutover.bulk.wall {native,pgcutover}.bulk.{idle,iowait,steal,other,hot,swws,segs,segbytes,walfpi,walmb} pgcutover.bulk.swd; do
     CPU_MED[$k]=$(med ${CPU_OF[$k]})
   done
   # shellcheck disable=SC2086
@@ -583,6 +620,8 @@ pct() { calc "100*($1-$TPS_BASE)/$TPS_BASE" 1; }
   echo "| bulk catch-up: seconds; CPU s of walsender / apply / daemon | ${CPU_MED[native.bulk.wall]}; ${CPU_MED[native.bulk.ws]} / ${CPU_MED[native.bulk.apply]} / – | ${CPU_MED[pgcutover.bulk.wall]}; ${CPU_MED[pgcutover.bulk.ws]} / ${CPU_MED[pgcutover.bulk.apply]} / ${CPU_MED[pgcutover.bulk.daemon]} |"
   echo "| bulk catch-up: the rest of the machine, core-seconds idle (of it waiting for I/O) / stolen by the host / busy with other processes$([ "$HOG" = 0 ] || echo " (a neighbour took $HOG % of a core)") | ${CPU_MED[native.bulk.idle]} (${CPU_MED[native.bulk.iowait]}) / ${CPU_MED[native.bulk.steal]} / ${CPU_MED[native.bulk.other]} | ${CPU_MED[pgcutover.bulk.idle]} (${CPU_MED[pgcutover.bulk.iowait]}) / ${CPU_MED[pgcutover.bulk.steal]} / ${CPU_MED[pgcutover.bulk.other]} |"
   echo "| bulk catch-up: context switches of the walsender / the daemon | ${CPU_MED[native.bulk.swws]} / – | ${CPU_MED[pgcutover.bulk.swws]} / ${CPU_MED[pgcutover.bulk.swd]} |"
+  echo "| bulk catch-up: TCP segments the walsender's stream went out in (mean bytes each) | ${CPU_MED[native.bulk.segs]} (${CPU_MED[native.bulk.segbytes]}) | ${CPU_MED[pgcutover.bulk.segs]} (${CPU_MED[pgcutover.bulk.segbytes]}) |"
+  echo "| bulk catch-up: the target's WAL, MB (full-page images) | ${CPU_MED[native.bulk.walmb]} (${CPU_MED[native.bulk.walfpi]}) | ${CPU_MED[pgcutover.bulk.walmb]} (${CPU_MED[pgcutover.bulk.walfpi]}) |"
   echo "| bulk catch-up: updates of pgbench_accounts that were HOT (no new index entry), % | ${CPU_MED[native.bulk.hot]} | ${CPU_MED[pgcutover.bulk.hot]} |"
   echo "| floor: the bulk's rows updated over their key range in 2 sessions, nothing decoded (CPU s; HOT %) | $FLOOR; $FLOOR_HOT_MED | |"
   echo "| bound for any consumer on $(nproc) cores: (least walsender CPU $WS_MIN + floor) / $(nproc) | $BOUND s = $(calc "$BULK_ROWS/$BOUND" 0) rows/s = $(calc "$BULK_ROWS/$BOUND/${RATE[native.bulk]}" 2)x native | |"

@@ -61,7 +61,18 @@ async fn replication_sessions_authenticate_every_way_and_report_errors() {
         (64 * 1024..=256 * 1024).contains(&bounded),
         "{before} -> {bounded}"
     );
+    // TCP counts what came in: the answer just read is in them, and more after the next.
+    let (bytes, segments) = scram.received_so_far().expect("TCP_INFO");
+    assert!(
+        bytes > 0 && segments > 0,
+        "{bytes} bytes in {segments} segments"
+    );
     assert_eq!(identify(&mut scram).await.len(), 4);
+    let (bytes2, segments2) = scram.received_so_far().expect("TCP_INFO");
+    assert!(
+        bytes2 > bytes && segments2 > segments,
+        "{bytes2}, {segments2}"
+    );
     for (user, password) in [("md5_user", "md5-secret"), ("plain_user", "plain-secret")] {
         let mut c = Conn::connect(&cluster.conn_as("postgres", user, password), "test")
             .await
@@ -93,6 +104,7 @@ async fn replication_sessions_authenticate_every_way_and_report_errors() {
     assert_eq!(identify(&mut unix).await.len(), 4);
     // No window to bound on a Unix socket.
     assert!(!unix.bound_receive_window(64 * 1024));
+    assert_eq!(unix.received_so_far(), None);
 
     // A command the server refuses is an error with its SQLSTATE, and the session goes on.
     let e = scram

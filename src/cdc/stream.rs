@@ -33,14 +33,26 @@
 //! whose round trip is under a millisecond (the same machine or a local network) the stream
 //! bounds the socket's receive buffer to [`RECEIVE_WINDOW`] ([`Conn::bound_receive_window`]),
 //! and after a read of 8 kB or more (a stream in full flow, not a live trickle) the reader
-//! naps for a millisecond before it reads again, while the walsender fills the window. That
-//! bounds the stream to about a window a millisecond, some 60 MB/s, over twice what the
-//! apply takes at its fastest in the benchmark (about 26 MB/s of stream); a variant that
-//! read on at once after a whole window gave most of the walsender's saving back. In
-//! catch-up-only runs pgcutover's walsender then took 0.79–0.98× the native worker's
-//! walsender's CPU, the daemon a fifth less, and the catch-ups were shorter
-//! (BENCHMARKS.md, session 25). A live transaction waits for no nap (its reads are small);
-//! over a longer round trip the window is left to the kernel and the reader never naps.
+//! naps before it reads again, while the walsender fills the window. A live transaction
+//! waits for no nap (its reads are small); over a longer round trip the window is left to
+//! the kernel and the reader never naps.
+//!
+//! **The nap, steered by the segments.** How long to nap depends on how fast the walsender
+//! runs, which depends on the CPU it gets. Too short, and the reader reopens the window
+//! before the walsender has queued anything: its messages then cross in segments of their
+//! own. A fixed millisecond did that for most of the stream when the walsender was the slow
+//! side (98 000–311 000 segments of 485–1 581 bytes for 151 MB, against the native worker's
+//! 2 700–3 000 of 50 kB; the walsender's CPU rose with their number, 5.7 to 7.2 s). Too long,
+//! and the reader caps the stream below what the apply takes (3 ms: the cores idle 2–5.6
+//! core-seconds a catch-up). So the nap ([`Pacer`]) follows what TCP reports for the
+//! connection ([`Conn::received_so_far`]): when the bytes that came since the last read
+//! averaged under [`SMALL_SEGMENT`] a segment, the walsender was sending into an open window
+//! and the nap grows by a quarter; otherwise they came out of its queue and the nap shrinks
+//! by a tenth, so the reader stays at the pace where the walsender just keeps ahead, between
+//! [`NAP_MIN`] and [`NAP_MAX`] (tokio's timer ends a sleep at its next millisecond tick, so
+//! a nap under a millisecond lasts until that tick). In catch-up-only runs the walsender then sent 4 500–27 000
+//! segments (5.7–34 kB each) and took 0.86–0.89× the native worker's walsender's CPU,
+//! against 1.06–1.36× with the fixed nap (BENCHMARKS.md, session 27).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,10 +73,18 @@ const STATUS_INTERVAL: Duration = Duration::from_millis(100);
 /// The receive buffer asked for on a short round trip (see the module's documentation;
 /// the kernel doubles it for its bookkeeping).
 pub const RECEIVE_WINDOW: usize = 64 * 1024;
-/// A read at least this large shows a stream in full flow: the reader then naps…
+/// A read at least this large shows a stream in full flow: the reader then naps (see the
+/// module's documentation)…
 const NAP_AFTER: usize = 8 * 1024;
-/// …for this long, while the walsender fills the window.
-const NAP: Duration = Duration::from_millis(1);
+/// …for this long at first, then as [`Pacer`] steers it…
+const NAP_START: Duration = Duration::from_millis(1);
+/// …within these bounds.
+const NAP_MIN: Duration = Duration::from_micros(250);
+const NAP_MAX: Duration = Duration::from_millis(4);
+/// Segments that averaged fewer bytes than this since the last read were sent into an open
+/// window, one message or a few each (the walsender's queue had nothing for the reopened
+/// window); larger ones came out of its queue.
+const SMALL_SEGMENT: u64 = 4096;
 /// Chunks read and not yet taken by the session (at most 256 kB each, usually far less).
 const CHUNKS_AHEAD: usize = 64;
 
@@ -200,9 +220,9 @@ impl Stream {
                 transient: true,
             })?
             .map_err(err)?;
-        let nap = wire.bound_receive_window(RECEIVE_WINDOW);
+        let bounded = wire.bound_receive_window(RECEIVE_WINDOW);
         tracing::debug!(
-            bounded = nap,
+            bounded,
             receive_buffer = wire.receive_buffer(),
             "replication stream started"
         );
@@ -221,7 +241,7 @@ impl Stream {
             sent_at: Instant::now(),
             scanned: 0,
             reply_due: false,
-            nap,
+            pacer: bounded.then(Pacer::new),
         };
         let reader = tokio::spawn(reader.run(stopped));
         Ok(Stream {
@@ -478,7 +498,55 @@ struct Reader {
     reply_due: bool,
     /// The receive window is bounded: nap after large reads (see the module's
     /// documentation).
-    nap: bool,
+    pacer: Option<Pacer>,
+}
+
+/// The reader's nap after a read in full flow, steered by the size of the segments that
+/// brought the stream (see the module's documentation).
+#[derive(Debug)]
+struct Pacer {
+    nap: Duration,
+    /// TCP's count of bytes and data segments received, at the last read.
+    seen: Option<(u64, u32)>,
+}
+
+impl Pacer {
+    fn new() -> Self {
+        Pacer {
+            nap: NAP_START,
+            seen: None,
+        }
+    }
+
+    /// The nap after a read, given TCP's counts now (`None` when the kernel does not say:
+    /// the nap then stays as it is).
+    fn after_read(&mut self, received: Option<(u64, u32)>) -> Duration {
+        if let (Some((bytes, segments)), Some((bytes0, segments0))) = (received, self.seen) {
+            self.nap = steer(
+                self.nap,
+                bytes.saturating_sub(bytes0),
+                segments.wrapping_sub(segments0),
+            );
+        }
+        if received.is_some() {
+            self.seen = received;
+        }
+        self.nap
+    }
+}
+
+/// The next nap, from the current one and the bytes and segments received since the last
+/// read: longer when they came in small segments (the window was open), shorter when they
+/// came in large ones (out of the walsender's queue).
+fn steer(nap: Duration, bytes: u64, segments: u32) -> Duration {
+    if segments == 0 {
+        return nap;
+    }
+    if bytes / u64::from(segments) < SMALL_SEGMENT {
+        (nap * 5 / 4).min(NAP_MAX)
+    } else {
+        (nap * 9 / 10).max(NAP_MIN)
+    }
 }
 
 /// What a look through the received bytes found.
@@ -567,8 +635,10 @@ impl Reader {
                 _ = tokio::time::sleep_until(status_at) => self.send_status(confirmed).await?,
                 _ = self.shared.raised.notified(), if !pending => {}
                 r = self.wire.fill() => {
-                    if self.nap && r? >= NAP_AFTER {
-                        tokio::time::sleep(NAP).await;
+                    let n = r?;
+                    if let Some(pacer) = self.pacer.as_mut().filter(|_| n >= NAP_AFTER) {
+                        let nap = pacer.after_read(self.wire.received_so_far());
+                        tokio::time::sleep(nap).await;
                     }
                 }
             }
@@ -646,6 +716,51 @@ impl Reader {
 mod tests {
     use super::*;
     use bytes::{BufMut, BytesMut};
+
+    #[test]
+    fn the_nap_grows_while_the_stream_comes_in_small_segments_and_shrinks_in_large_ones() {
+        // 64 kB in 135 segments: the walsender sent into an open window.
+        let mut nap = NAP_START;
+        let mut naps = vec![];
+        for _ in 0..20 {
+            nap = steer(nap, 64 * 1024, 135);
+            naps.push(nap);
+        }
+        assert_eq!(naps[0], NAP_START * 5 / 4);
+        assert!(naps.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(*naps.last().unwrap(), NAP_MAX);
+        // 128 kB in two segments: out of its queue.
+        for _ in 0..40 {
+            nap = steer(nap, 128 * 1024, 2);
+        }
+        assert_eq!(nap, NAP_MIN);
+        assert_eq!(steer(NAP_START, 128 * 1024, 2), NAP_START * 9 / 10);
+        // Nothing counted: no change.
+        assert_eq!(steer(NAP_START, 0, 0), NAP_START);
+        // The boundary: a mean of exactly SMALL_SEGMENT is large.
+        assert!(steer(NAP_START, SMALL_SEGMENT * 10, 10) < NAP_START);
+        assert!(steer(NAP_START, SMALL_SEGMENT * 10 - 1, 10) > NAP_START);
+    }
+
+    #[test]
+    fn the_pacer_steers_by_what_came_since_its_last_read() {
+        let mut p = Pacer::new();
+        // The first read only takes note (what came before it includes the handshake).
+        assert_eq!(p.after_read(Some((1_000_000, 10))), NAP_START);
+        // Then 64 kB in 100 segments: small, longer.
+        assert_eq!(p.after_read(Some((1_065_536, 110))), NAP_START * 5 / 4);
+        // The kernel says nothing this time: the nap stays, and the next read counts from
+        // the last counts it had.
+        assert_eq!(p.after_read(None), NAP_START * 5 / 4);
+        assert_eq!(
+            p.after_read(Some((1_196_608, 112))),
+            NAP_START * 5 / 4 * 9 / 10
+        );
+        // Segment counts wrap around (a u32 in `tcp_info`).
+        let mut p = Pacer::new();
+        p.after_read(Some((0, u32::MAX - 1)));
+        assert_eq!(p.after_read(Some((128 * 1024, 1))), NAP_START * 9 / 10);
+    }
 
     fn err(message: &str, kind: ErrorKind) -> StreamError {
         stream_error(

@@ -560,6 +560,30 @@ impl Conn {
         r == 0
     }
 
+    /// TCP's count of bytes and data segments received so far on this connection
+    /// (`TCP_INFO`'s `tcpi_bytes_received` and `tcpi_data_segs_in`), `None` on a Unix
+    /// socket or when the kernel does not say. The stream steers its reader's pace by them
+    /// ([`crate::cdc::stream`]).
+    pub fn received_so_far(&self) -> Option<(u64, u32)> {
+        let Sock::Tcp(s) = self.fd.get_ref() else {
+            return None;
+        };
+        // SAFETY: `tcp_info` is plain data; zeroes are a valid value of it.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: a valid socket, and a `tcp_info` with its size for the answer.
+        let r = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&mut info as *mut libc::tcp_info).cast(),
+                &mut len,
+            )
+        };
+        (r == 0).then_some((info.tcpi_bytes_received, info.tcpi_data_segs_in))
+    }
+
     /// The socket's receive buffer as the kernel reports it (`SO_RCVBUF`).
     pub fn receive_buffer(&self) -> Option<usize> {
         let fd = self.fd.get_ref().as_raw_fd();
