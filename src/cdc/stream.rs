@@ -38,21 +38,21 @@
 //! the kernel and the reader never naps.
 //!
 //! **The nap, steered by the segments.** How long to nap depends on how fast the walsender
-//! runs, which depends on the CPU it gets. Too short, and the reader reopens the window before
-//! the walsender has queued anything: its messages then cross in segments of their own. A fixed
-//! millisecond did that for most of the stream when the walsender was the slow side (98 000–311
-//! 000 segments of 485–1 581 bytes for 151 MB, against the native worker's 2 700–3 000 of 50
-//! kB; the walsender's CPU rose with their number, 5.7 to 7.2 s). Too long, and the reader caps
-//! the stream below what the apply takes (3 ms: the cores idle 2–5.6 core-seconds a catch-up).
-//! So the nap (`Pacer`) follows what TCP reports for the connection
-//! ([`Conn::received_so_far`]): when the bytes that came since the last read averaged under 4
-//! kB a segment, the walsender was sending into an open window and the nap grows by a quarter;
-//! otherwise they came out of its queue and the nap shrinks by a tenth, so the reader stays at
-//! the pace where the walsender just keeps ahead, between 0.25 and 4 ms (tokio's timer ends a
-//! sleep at its next millisecond tick, so a nap under a millisecond lasts until that tick). In
-//! catch-up-only runs the walsender then sent 4 500–27 000 segments (5.7–34 kB each) and took
-//! 0.86–0.89× the native worker's walsender's CPU, against 1.06–1.36× with the fixed nap
-//! (BENCHMARKS.md, session 27).
+//! runs, which depends on the CPU it gets. Too short, and the reader reopens the window
+//! before the walsender has queued anything: its messages then cross in segments of their
+//! own. A fixed millisecond did that for most of the stream when the walsender was the slow
+//! side (98 000–311 000 segments of 485–1 581 bytes for 151 MB, against the native worker's
+//! 2 700–3 000 of 50 kB; the walsender's CPU rose with their number, 5.7 to 7.2 s). Too
+//! long, and the reader caps the stream below what the apply takes (3 ms: the cores idle
+//! 2–5.6 core-seconds a catch-up). So the nap (`Pacer`) follows what TCP reports for the
+//! connection ([`Conn::received_so_far`]): when the bytes that came since the last read
+//! averaged under 4 kB a segment, the walsender was sending into an open window and the nap
+//! grows by a quarter; otherwise they came out of its queue and the nap shrinks by a tenth,
+//! so the reader stays at the pace where the walsender just keeps ahead, between 0.25 and
+//! 4 ms (tokio's timer ends a sleep at its next millisecond tick, so a nap under a
+//! millisecond lasts until that tick). In catch-up-only runs the walsender then sent
+//! 4 500–27 000 segments (5.7–34 kB each) and took 0.86–0.89× the native worker's
+//! walsender's CPU, against 1.06–1.36× with the fixed nap (BENCHMARKS.md, session 27).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
