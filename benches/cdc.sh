@@ -14,8 +14,9 @@
 #      BATCH-row transactions), then each consumer alone applies that same backlog, timed from
 #      its start until a marker row written last is on its target; with the CPU of each of
 #      its processes, the rest of the machine (idle, stolen, other processes, and which of
-#      those took most), the context switches of the walsender and the daemon, and the share
-#      of HOT updates on the target.
+#      those took most), the context switches of the walsender and the daemon, the TCP
+#      segments the walsender's stream went out in, the WAL the target wrote, the pages added
+#      to the table and to its key's index, and the share of HOT updates on the target.
 #   3. pgcutover's peak RSS over every daemon it started.
 # Every catch-up ends with the harness's content fingerprint check (target equals source).
 # Medians over the rounds go in METRIC lines and a table; each round's figures in RAW lines.
@@ -335,6 +336,11 @@ updates_of() {
   psql_port "$DST_PORT" -d "$1" -At -F' ' -c "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
     WHERE relid = 'public.pgbench_accounts'::regclass"
 }
+# The pages of pgbench_accounts and of its key's index in database $1: "heap index".
+pages_of() {
+  psql_port "$DST_PORT" -d "$1" -At -F' ' -c "SELECT pg_relation_size('public.pgbench_accounts') / 8192,
+    pg_relation_size('public.pgbench_accounts_pkey') / 8192"
+}
 hot_share() {   # hot_share "TOTAL0 HOT0" "TOTAL1 HOT1" -> per cent of the updates between that were HOT
   local a0 h0 a1 h1; read -r a0 h0 <<< "$1"; read -r a1 h1 <<< "$2"
   if [ "$((a1 - a0))" -gt 0 ]; then calc "100 * ($h1 - $h0) / ($a1 - $a0)" 1; else echo NA; fi
@@ -377,6 +383,7 @@ catchup() {   # catchup native|pgcutover WORKLOAD ROUND MARKER
   local who="$1" w="$2" r="$3" id="$4" db="$DBNAME" t0 t1 rate changes ws apply daemon=0 upd0
   [ "$who" = pgcutover ] && db="$OURDB"
   upd0=$(updates_of "$db")
+  local pages0; pages0=$(pages_of "$db")
   local wal0 wal; wal0=$(target_wal)
   hog_on; waits_on "$who"
   all_ticks > "$BENCH_TMP/ticks0"
@@ -443,6 +450,12 @@ catchup() {   # catchup native|pgcutover WORKLOAD ROUND MARKER
   raw "catchup_${w}_target_wal_$who" "$r" "$wal" "records/fpi/MB"
   CPU_OF[$who.$w.walfpi]+="$(echo "$wal" | awk '{print $2}') "; CPU_OF[$who.$w.walmb]+="$(echo "$wal" | awk '{print $3}') "
   same_or_die "$db" "$who $w catch-up"
+  # the pages the catch-up added to the table and to its key's index (an update that finds
+  # no room on its page puts its row on a new one and adds an index entry; a full leaf of
+  # the index either sheds entries of versions dead to every snapshot or splits)
+  local grew; grew=$(paste -d' ' <(echo "$pages0") <(pages_of "$db") | awk '{print $3 - $1, $4 - $2}')
+  raw "catchup_${w}_pages_added_$who" "$r" "$grew" "heap/index"
+  CPU_OF[$who.$w.heapadd]+="$(echo "$grew" | awk '{print $1}') "; CPU_OF[$who.$w.idxadd]+="$(echo "$grew" | awk '{print $2}') "
   local hot; hot=$(hot_share "$upd0" "$(updates_of "$db")")
   raw "catchup_${w}_hot_update_pct_$who" "$r" "$hot" %
   CPU_OF[$who.$w.hot]+="$hot "
@@ -587,7 +600,7 @@ metric pgcutover_peak_rss "$(calc "$PEAK_KB/1024" 1)" MB
 if ran bulk; then
   # shellcheck disable=SC2086
   for k in native.bulk.ws native.bulk.apply pgcutover.bulk.ws pgcutover.bulk.apply pgcutover.bulk.daemon \
-    native.bulk.wall pgcutover.bulk.wall {native,pgcutover}.bulk.{idle,iowait,steal,other,hot,swws,segs,segbytes,walfpi,walmb} pgcutover.bulk.swd; do
+    native.bulk.wall pgcutover.bulk.wall {native,pgcutover}.bulk.{idle,iowait,steal,other,hot,swws,segs,segbytes,walfpi,walmb,heapadd,idxadd} pgcutover.bulk.swd; do
     CPU_MED[$k]=$(med ${CPU_OF[$k]})
   done
   # shellcheck disable=SC2086
@@ -622,6 +635,7 @@ pct() { calc "100*($1-$TPS_BASE)/$TPS_BASE" 1; }
   echo "| bulk catch-up: context switches of the walsender / the daemon | ${CPU_MED[native.bulk.swws]} / – | ${CPU_MED[pgcutover.bulk.swws]} / ${CPU_MED[pgcutover.bulk.swd]} |"
   echo "| bulk catch-up: TCP segments the walsender's stream went out in (mean bytes each) | ${CPU_MED[native.bulk.segs]} (${CPU_MED[native.bulk.segbytes]}) | ${CPU_MED[pgcutover.bulk.segs]} (${CPU_MED[pgcutover.bulk.segbytes]}) |"
   echo "| bulk catch-up: the target's WAL, MB (full-page images) | ${CPU_MED[native.bulk.walmb]} (${CPU_MED[native.bulk.walfpi]}) | ${CPU_MED[pgcutover.bulk.walmb]} (${CPU_MED[pgcutover.bulk.walfpi]}) |"
+  echo "| bulk catch-up: pages added to the table / to its key's index | ${CPU_MED[native.bulk.heapadd]} / ${CPU_MED[native.bulk.idxadd]} | ${CPU_MED[pgcutover.bulk.heapadd]} / ${CPU_MED[pgcutover.bulk.idxadd]} |"
   echo "| bulk catch-up: updates of pgbench_accounts that were HOT (no new index entry), % | ${CPU_MED[native.bulk.hot]} | ${CPU_MED[pgcutover.bulk.hot]} |"
   echo "| floor: the bulk's rows updated over their key range in 2 sessions, nothing decoded (CPU s; HOT %) | $FLOOR; $FLOOR_HOT_MED | |"
   echo "| bound for any consumer on $(nproc) cores: (least walsender CPU $WS_MIN + floor) / $(nproc) | $BOUND s = $(calc "$BULK_ROWS/$BOUND" 0) rows/s = $(calc "$BULK_ROWS/$BOUND/${RATE[native.bulk]}" 2)x native | |"
