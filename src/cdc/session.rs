@@ -28,7 +28,7 @@ use super::relation::{RelationCache, RelationError};
 use super::silence::{self, Verdict};
 use super::stall::{self, Backend};
 use super::stream::{Event, Stream};
-use super::{BATCH_AGE, BATCH_CHANGES, BATCH_LINGER, CdcError, Control};
+use super::{BATCH_AGE, BATCH_CHANGES, BATCH_LINGER, CdcError, Control, EAGER_CHANGES};
 use crate::config::Config;
 use crate::load::LoadOutcome;
 use crate::pg::conn::ConnInfo;
@@ -109,6 +109,12 @@ struct Session<'a> {
     received: Lsn,
     /// When the open batch began (none open: `None`).
     batch_started: Option<Instant>,
+    /// The last batch committed ended full (it held [`BATCH_CHANGES`]): a backlog was being
+    /// drained.
+    after_full: bool,
+    /// The walsender said it is at the end of the source's WAL and the open batch need not
+    /// linger (see [`drained_commits`]).
+    source_drained: bool,
     /// A heartbeat that arrived while the open batch was gathered: timed when it commits.
     heartbeat_waiting: Option<i64>,
     /// Heartbeats that arrived before a commit still unanswered: (its source position, stamp).
@@ -173,6 +179,8 @@ impl<'a> Session<'a> {
             sent_end: start,
             received: start,
             batch_started: None,
+            after_full: false,
+            source_drained: false,
             heartbeat_waiting: None,
             heartbeats: VecDeque::new(),
             unflushed: VecDeque::new(),
@@ -303,10 +311,13 @@ impl<'a> Session<'a> {
             && (self.applier.batch().changes >= BATCH_CHANGES
                 || started.elapsed() >= BATCH_AGE
                 || hold_due
+                || self.source_drained
                 || (started.elapsed() >= BATCH_LINGER && !self.stream.has_ready()))
         {
+            self.after_full = self.applier.batch().changes >= BATCH_CHANGES;
             done = self.applier.commit(self.last_end).await?;
             self.batch_started = None;
+            self.source_drained = false;
             self.sent_end = self.last_end;
             if let Some(sent) = self.heartbeat_waiting.take() {
                 self.heartbeats.push_back((self.last_end, sent));
@@ -397,6 +408,8 @@ impl<'a> Session<'a> {
             Event::KeepAlive { wal_end } => {
                 if self.txn.is_none() {
                     self.received = self.received.max(wal_end);
+                    self.source_drained |= self.batch_started.is_some()
+                        && drained_commits(self.applier.batch().changes, self.after_full);
                 }
                 // Nothing open: every commit before `wal_end` has been received and applied,
                 // so the slot may move there (it keeps WAL from piling up while the published
@@ -674,4 +687,34 @@ async fn apply_message(
         | Message::Message { .. } => {}
     }
     Ok(())
+}
+
+/// Whether a batch open when the walsender says it is at the end of the source's WAL commits
+/// at once rather than lingering: when the batch before it ended full (the end of a backlog),
+/// or when it holds [`EAGER_CHANGES`] itself (see "Batching" in the module docs).
+fn drained_commits(changes: u64, after_full: bool) -> bool {
+    after_full || changes >= EAGER_CHANGES
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_end_of_a_backlog_does_not_linger() {
+        // The one transaction written after a backlog, behind a full batch.
+        assert!(drained_commits(1, true));
+        // A batch that is large by itself.
+        assert!(drained_commits(EAGER_CHANGES, false));
+        assert!(drained_commits(BATCH_CHANGES - 1, false));
+    }
+
+    #[test]
+    fn a_trickle_keeps_lingering() {
+        // Between the transactions of a steady trickle the walsender is at the end of the
+        // WAL all the time; its batches, small and after lingered ones, keep gathering.
+        assert!(!drained_commits(0, false));
+        assert!(!drained_commits(4, false));
+        assert!(!drained_commits(EAGER_CHANGES - 1, false));
+    }
 }
