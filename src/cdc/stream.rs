@@ -53,20 +53,6 @@
 //! millisecond lasts until that tick). In catch-up-only runs the walsender then sent
 //! 4 500–27 000 segments (5.7–34 kB each) and took 0.86–0.89× the native worker's
 //! walsender's CPU, against 1.06–1.36× with the fixed nap (BENCHMARKS.md, session 27).
-//!
-//! **A window the nap cannot starve the apply through.** A read takes at most what the
-//! receive buffer holds, so the reader can take at most about one buffer a nap, and a nap
-//! lasts longer than asked: on a busy machine the batch-policy thread waits for the running
-//! task's slice after its timer fires (measured: 1 200–2 100 naps of 2.2–3.8 ms each over a
-//! 4–5 s catch-up). With a 64 kB buffer that capped the stream at some 20–40 MB/s, what a
-//! faster machine's apply takes (a million-row catch-up is 148 MB of stream in about 4 s):
-//! in a third of the catch-ups the reader fell behind, its reads shrank to 65 kB, the apply
-//! sessions waited for work and the cores idled 0.9–1.9 core-seconds. A 256 kB buffer lifts
-//! the cap fourfold; the walsender's queue still keeps the window closed while it is ahead,
-//! and the nap still grows when its segments turn small. Alternating catch-ups on one machine
-//! (session 29), eight each: idle 0.11–0.75 core-seconds (seven under 0.3) against
-//! 0.26–1.93 (four over 0.9), a median catch-up of 4.11 s against 4.69 s, the walsender's
-//! CPU a little higher (median 2.48 against 2.35 s).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,7 +72,7 @@ use crate::pg::wire::{Conn, ErrorKind, WireError, frame_len, server_error};
 const STATUS_INTERVAL: Duration = Duration::from_millis(100);
 /// The receive buffer asked for on a short round trip (see the module's documentation;
 /// the kernel doubles it for its bookkeeping).
-pub const RECEIVE_WINDOW: usize = 256 * 1024;
+pub const RECEIVE_WINDOW: usize = 64 * 1024;
 /// A read at least this large shows a stream in full flow: the reader then naps (see the
 /// module's documentation)…
 const NAP_AFTER: usize = 8 * 1024;
