@@ -53,6 +53,12 @@
 //! millisecond lasts until that tick). In catch-up-only runs the walsender then sent
 //! 4 500–27 000 segments (5.7–34 kB each) and took 0.86–0.89× the native worker's
 //! walsender's CPU, against 1.06–1.36× with the fixed nap (BENCHMARKS.md, session 27).
+//!
+//! The window also caps the stream: the reader takes at most one window a nap, and a nap
+//! lasts 2–4 ms on a busy machine, some 20–40 MB/s, about what a fast machine's apply takes.
+//! A 256 kB window lifted the cap and the cores idled less, but the walsender then fell back
+//! into small segments the nap could no longer prevent (up to 412 000 of 366 bytes for a
+//! million changes) and the catch-ups were no faster; not kept (BENCHMARKS.md, session 29).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
