@@ -630,6 +630,10 @@ pct() { calc "100*($1-$TPS_BASE)/$TPS_BASE" 1; }
   fi
   if ran bulk; then
   echo "| catch-up, bulk backlog ($BULK_ROWS rows, $BATCH-row txns, target table $BULK_STATE) | ${RATE[native.bulk]} rows/s | ${RATE[pgcutover.bulk]} rows/s ($(calc "${RATE[pgcutover.bulk]}/${RATE[native.bulk]}" 2)x) |"
+  # The rounds alternate the two consumers on the same clusters: each round's ratio shows how
+  # far the machine's own variation moves the median above.
+  # shellcheck disable=SC2086
+  echo "| bulk catch-up, round by round: pgcutover's rate / native's | | $(paste -d' ' <(printf '%s\n' ${RATE_LIST[native.bulk]}) <(printf '%s\n' ${RATE_LIST[pgcutover.bulk]}) | awk '{printf "%s%.2fx", (NR > 1 ? ", " : ""), $2 / $1}') |"
   echo "| bulk catch-up: seconds; CPU s of walsender / apply / daemon | ${CPU_MED[native.bulk.wall]}; ${CPU_MED[native.bulk.ws]} / ${CPU_MED[native.bulk.apply]} / – | ${CPU_MED[pgcutover.bulk.wall]}; ${CPU_MED[pgcutover.bulk.ws]} / ${CPU_MED[pgcutover.bulk.apply]} / ${CPU_MED[pgcutover.bulk.daemon]} |"
   echo "| bulk catch-up: the rest of the machine, core-seconds idle (of it waiting for I/O) / stolen by the host / busy with other processes$([ "$HOG" = 0 ] || echo " (a neighbour took $HOG % of a core)") | ${CPU_MED[native.bulk.idle]} (${CPU_MED[native.bulk.iowait]}) / ${CPU_MED[native.bulk.steal]} / ${CPU_MED[native.bulk.other]} | ${CPU_MED[pgcutover.bulk.idle]} (${CPU_MED[pgcutover.bulk.iowait]}) / ${CPU_MED[pgcutover.bulk.steal]} / ${CPU_MED[pgcutover.bulk.other]} |"
   echo "| bulk catch-up: context switches of the walsender / the daemon | ${CPU_MED[native.bulk.swws]} / – | ${CPU_MED[pgcutover.bulk.swws]} / ${CPU_MED[pgcutover.bulk.swd]} |"
