@@ -170,8 +170,8 @@ async fn a_stream_left_unread_keeps_its_walsender_and_loses_nothing() {
         .unwrap()
         .get(0);
     let start: Lsn = start.parse().unwrap();
-    // 200 transactions of 100 rows of 1 kB: about 20 MB of stream, more than the reader's
-    // chunks and the socket hold.
+    // 200 transactions of 100 rows of 1 kB: about 20 MB of stream, far more than the
+    // reader may read ahead (1 MB here) and the socket holds.
     admin
         .batch_execute(
             "DO $$ BEGIN FOR i IN 0..199 LOOP
@@ -182,13 +182,20 @@ async fn a_stream_left_unread_keeps_its_walsender_and_loses_nothing() {
         )
         .await
         .unwrap();
-    let mut stream = Stream::open(&conn, "s", "p", start, Duration::from_millis(250))
+    const AHEAD: usize = 1024 * 1024;
+    let mut stream = Stream::open(&conn, "s", "p", start, Duration::from_millis(250), AHEAD)
         .await
         .unwrap();
     let sender = "SELECT pid FROM pg_stat_replication WHERE application_name = 'pgcutover'";
     let pid: i32 = admin.query_one(sender, &[]).await.unwrap().get(0);
     // Four times wal_sender_timeout without reading a thing.
     tokio::time::sleep(Duration::from_secs(4)).await;
+    // The reader filled its read-ahead and stopped there (each chunk at most 256 kB).
+    let held = stream.read_ahead_held();
+    assert!(
+        held > AHEAD - 256 * 1024 && held <= AHEAD,
+        "{held} bytes read ahead"
+    );
     let (mut commits, mut inserts, mut last_end) = (0, 0, start);
     let deadline = Instant::now() + Duration::from_secs(120);
     while commits < 200 {

@@ -27,7 +27,7 @@ use super::hold::Hold;
 use super::relation::{RelationCache, RelationError};
 use super::silence::{self, Verdict};
 use super::stall::{self, Backend};
-use super::stream::{Event, Stream};
+use super::stream::{Event, READ_AHEAD, Stream};
 use super::{BATCH_AGE, BATCH_CHANGES, BATCH_LINGER, CdcError, Control, EAGER_CHANGES};
 use crate::config::Config;
 use crate::load::LoadOutcome;
@@ -162,7 +162,8 @@ impl<'a> Session<'a> {
         let publication = cfg.replication.migration_id.publication_name();
         let receive_timeout = cfg.replication.receive_timeout;
         let wakeup = silence::wakeup(receive_timeout);
-        let stream = Stream::open(&cfg.source, &slot, &publication, start, wakeup).await?;
+        let stream =
+            Stream::open(&cfg.source, &slot, &publication, start, wakeup, READ_AHEAD).await?;
         tracing::info!(%slot, from = %start, "change stream started");
         status.cdc_running(start);
         Ok(Session {

@@ -14,6 +14,18 @@
 //! * the **[`Stream`]** the session reads: it cuts the chunks into messages without copying
 //!   them ([`Event::Data`] is a slice of the chunk).
 //!
+//! **Reading ahead, by the byte.** The reader hands chunks on until the session holds
+//! [`READ_AHEAD`] bytes (32 MB) it has not taken; the budget is a semaphore of one permit a
+//! byte, taken by the reader for each chunk and given back when the session takes it. It
+//! was 64 chunks (16 MB at most, a few MB with the short window below). A timeline of bulk
+//! catch-ups after a pgbench run showed the walsender waiting on its socket and the daemon
+//! idle while an apply session waited (on a lock, on a WAL write) and a core idled: the
+//! daemon takes no chunks while its apply sessions have all they can queue, and 64 chunks
+//! were soon full. With room for a second or so of stream the walsender works through such
+//! stalls: in alternating catch-ups the idle core-seconds fell from 0.62–1.86 (mean 1.02,
+//! eleven catch-ups) to 0.55–0.92 (mean 0.70, five; BENCHMARKS.md, session 30).
+//! Counting bytes rather than chunks also bounds the memory whatever the chunks' size.
+//!
 //! **No low-water mark.** When the walsender is the slowest stage, a reader that empties
 //! the socket is woken by nearly every message it sends (tens of thousands of wake-ups per
 //! million changes). Asking the kernel to wake the reader only once 16 or 64 kB wait
@@ -65,7 +77,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, TryAcquireError, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -91,8 +103,12 @@ const NAP_MAX: Duration = Duration::from_millis(4);
 /// window, one message or a few each (the walsender's queue had nothing for the reopened
 /// window); larger ones came out of its queue.
 const SMALL_SEGMENT: u64 = 4096;
-/// Chunks read and not yet taken by the session (at most 256 kB each, usually far less).
-const CHUNKS_AHEAD: usize = 64;
+/// Bytes the reader may hold read and not yet taken by the session, by default (see the
+/// module's documentation, "Reading ahead").
+pub const READ_AHEAD: usize = 32 * 1024 * 1024;
+/// Chunks read and not yet taken by the session: a bound for a trickle of small chunks
+/// ([`READ_AHEAD`] bounds the bytes).
+const CHUNKS_AHEAD: usize = 4096;
 
 /// One item of the stream, in source WAL order.
 #[derive(Debug)]
@@ -180,11 +196,21 @@ fn stream_error(slot: &str, e: WireError) -> StreamError {
     }
 }
 
-/// What the session and the reader share: the confirmed position, and a bell for it.
-#[derive(Default)]
+/// What the session and the reader share: the confirmed position, a bell for it, and the
+/// bytes the reader may still read ahead (one permit a byte, `read_ahead` in all).
 struct Shared {
     confirmed: AtomicU64,
     raised: Notify,
+    ahead: Semaphore,
+    read_ahead: usize,
+}
+
+impl Shared {
+    /// The read-ahead permits a chunk of `len` bytes holds until the session takes it (all
+    /// of them for a chunk larger than the budget, so that it still goes through).
+    fn permits_for(&self, len: usize) -> u32 {
+        len.min(self.read_ahead).min(u32::MAX as usize) as u32
+    }
 }
 
 pub struct Stream {
@@ -202,13 +228,16 @@ pub struct Stream {
 impl Stream {
     /// START_REPLICATION on `slot` from `start` (the last position the target committed),
     /// waiting until the server has accepted it. While it receives nothing, the stream sends
-    /// the server a status update every `wakeup` (see [`super::silence`]).
+    /// the server a status update every `wakeup` (see [`super::silence`]). The reader reads
+    /// up to `read_ahead` bytes ahead of what the session has taken ([`READ_AHEAD`] in the
+    /// daemon).
     pub async fn open(
         conn: &ConnInfo,
         slot: &str,
         publication: &str,
         start: Lsn,
         wakeup: Duration,
+        read_ahead: usize,
     ) -> Result<Stream, StreamError> {
         let err = |e: WireError| stream_error(slot, e);
         let mut wire = Conn::connect(conn, "pgcutover").await.map_err(err)?;
@@ -235,6 +264,8 @@ impl Stream {
         let shared = Arc::new(Shared {
             confirmed: AtomicU64::new(start.0),
             raised: Notify::new(),
+            ahead: Semaphore::new(read_ahead.clamp(1, Semaphore::MAX_PERMITS)),
+            read_ahead: read_ahead.clamp(1, Semaphore::MAX_PERMITS),
         });
         let (tx, chunks) = mpsc::channel(CHUNKS_AHEAD);
         let (stop, stopped) = oneshot::channel();
@@ -301,9 +332,19 @@ impl Stream {
         self.peeked.is_some()
     }
 
+    /// Bytes the reader has read that the session has not taken yet (at most the
+    /// `read_ahead` given to [`Stream::open`]).
+    pub fn read_ahead_held(&self) -> usize {
+        self.shared.read_ahead - self.shared.ahead.available_permits()
+    }
+
     fn take_chunk(&mut self, chunk: Option<Result<Bytes, WireError>>) {
         match chunk {
-            Some(Ok(bytes)) => self.chunk = bytes,
+            Some(Ok(bytes)) => {
+                let permits = self.shared.permits_for(bytes.len());
+                self.shared.ahead.add_permits(permits as usize);
+                self.chunk = bytes;
+            }
             Some(Err(e)) => self.peeked = Some(Err(stream_error(&self.slot, e))),
             None => {
                 self.peeked = Some(Err(StreamError {
@@ -651,21 +692,37 @@ impl Reader {
         }
     }
 
-    /// Hand a chunk to the session, sending status updates while it is busy (the channel
-    /// full). `Some` when the reader must stop.
+    /// Hand a chunk to the session once the read-ahead budget and the channel have room for
+    /// it, sending status updates while the session is busy. `Some` when the reader must stop.
     async fn hand_on(
         &mut self,
         chunk: Bytes,
         stopped: &mut oneshot::Receiver<()>,
     ) -> Result<Option<bool>, WireError> {
+        let need = self.shared.permits_for(chunk.len());
+        // The budget's permits for this chunk are taken (and forgotten: the session gives
+        // them back when it takes the chunk).
+        let mut budgeted = false;
         loop {
-            match self.tx.try_reserve() {
-                Ok(permit) => {
-                    permit.send(Ok(chunk));
-                    return Ok(None);
+            if !budgeted {
+                match self.shared.ahead.try_acquire_many(need) {
+                    Ok(permits) => {
+                        permits.forget();
+                        budgeted = true;
+                    }
+                    Err(TryAcquireError::Closed) => return Ok(Some(false)),
+                    Err(TryAcquireError::NoPermits) => {}
                 }
-                Err(mpsc::error::TrySendError::Closed(())) => return Ok(Some(false)),
-                Err(mpsc::error::TrySendError::Full(())) => {}
+            }
+            if budgeted {
+                match self.tx.try_reserve() {
+                    Ok(permit) => {
+                        permit.send(Ok(chunk));
+                        return Ok(None);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(())) => return Ok(Some(false)),
+                    Err(mpsc::error::TrySendError::Full(())) => {}
+                }
             }
             let confirmed = self.shared.confirmed.load(Ordering::Acquire);
             let pending = self.sent.is_none_or(|sent| confirmed > sent.0);
@@ -678,8 +735,14 @@ impl Reader {
             tokio::select! {
                 biased;
                 _ = &mut *stopped => return Ok(Some(true)),
-                // Cancel-safe; the capacity it waited for is taken above.
-                open = async { self.tx.reserve().await.is_ok() } => {
+                // Both cancel-safe: a wait given up loses no permit and no capacity, and
+                // what was waited for is taken above.
+                room = async { self.shared.ahead.acquire_many(need).await.map(|_| ()) }, if !budgeted => {
+                    if room.is_err() {
+                        return Ok(Some(false));
+                    }
+                }
+                open = async { self.tx.reserve().await.is_ok() }, if budgeted => {
                     if !open {
                         return Ok(Some(false));
                     }
