@@ -31,6 +31,10 @@
 # HOG=PCT runs a neighbour that takes PCT % of one core during every catch-up (see hog_on);
 # WAITS=1 samples what the consumer's server processes wait for (see waits_on); SETTLE=0
 # leaves the vacuum after a backlog and after each catch-up to autovacuum (see settle).
+# TARGET_WAL_COMPRESSION=METHOD sets wal_compression for the whole target cluster (both
+# consumers; pgcutover's default, "auto", keeps a setting that is not off); PGC_WAL_COMPRESSION
+# sets pgcutover's replication.target_wal_compression (e.g. "server": its sessions leave the
+# target's setting alone, as the native worker does).
 #
 # Reuses the shared harness (clusters, dataset, markers, workloads, lag sampler).
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -53,10 +57,14 @@ OURDB=pgc
 bench_init
 start_cluster src "$SRC_PORT"
 start_cluster dst "$DST_PORT"
+if [ -n "${TARGET_WAL_COMPRESSION:-}" ]; then
+  psql_port "$DST_PORT" -d postgres -At -c "ALTER SYSTEM SET wal_compression = '$TARGET_WAL_COMPRESSION'" >/dev/null
+  psql_port "$DST_PORT" -d postgres -At -c "SELECT pg_reload_conf()" >/dev/null
+fi
 load_dataset
 # pgbench_history has no key: like any user, give it a replica identity so CDC can carry it.
 src -c "ALTER TABLE pgbench_history REPLICA IDENTITY FULL" >/dev/null
-note "pgbench -n -c$CLIENTS -j$THREADS -T$PGBENCH_T, $REPS rounds; backlogs: pgbench $N_TX txns, bulk $BULK_ROWS rows in $BATCH-row txns; pgcutover=$("$PGCUTOVER" --version)"
+note "pgbench -n -c$CLIENTS -j$THREADS -T$PGBENCH_T, $REPS rounds; backlogs: pgbench $N_TX txns, bulk $BULK_ROWS rows in $BATCH-row txns; pgcutover=$("$PGCUTOVER" --version); target wal_compression=$(psql_port "$DST_PORT" -d postgres -At -c "SHOW wal_compression"), pgcutover's target_wal_compression=${PGC_WAL_COMPRESSION:-default}"
 
 ourq() { psql_port "$DST_PORT" -d "$OURDB" -At -c "$1"; }
 # the harness's marker wait and fingerprint, on a chosen target database
@@ -102,6 +110,7 @@ url = "postgres://postgres@127.0.0.1:$DST_PORT/$OURDB?sslmode=disable"
 migration_id = "bench"
 tables = ["public.*"]
 apply_sessions = ${APPLY_SESSIONS:-2}
+${PGC_WAL_COMPRESSION:+target_wal_compression = \"$PGC_WAL_COMPRESSION\"}
 [api]
 listen = "127.0.0.1:0"
 [state]

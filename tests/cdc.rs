@@ -145,6 +145,17 @@ async fn every_change_kind_converges_with_writes_during_and_after_the_load() {
         "{status}"
     );
     assert_eq!(status["cdc"]["missing_rows"], 0, "{status}");
+    // The target compresses nothing by default; the apply sessions ask for lz4 where the
+    // server was built with it.
+    let lz4 = tgt
+        .batch_execute("BEGIN; SET LOCAL wal_compression = lz4; ROLLBACK")
+        .await
+        .is_ok();
+    assert_eq!(
+        status["cdc"]["target_wal_compression"],
+        if lz4 { "lz4" } else { "off" },
+        "{status}"
+    );
 
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();
@@ -2278,11 +2289,31 @@ async fn least_privileged_roles_migrate_and_stream() {
         .batch_execute("GRANT SET ON PARAMETER session_replication_role TO lander")
         .await
         .unwrap();
+    // A WAL compression the role may not set, asked for by name: refused up front.
+    let mut insist = cfg.clone();
+    insist.replication.target_wal_compression = "pglz".parse().unwrap();
+    let err = pgcutover::load::run(&insist, pgcutover::status::StatusBoard::new("native", "t"))
+        .await
+        .expect_err("refused");
+    let text = format!("{err} {}", err.hint());
+    assert!(
+        text.contains("wal_compression = pglz")
+            && text.contains("GRANT SET ON PARAMETER wal_compression"),
+        "{text}"
+    );
+    assert_eq!(slot_count(&src_admin).await, 0);
+    assert!(!has_pgcutover_schema(&tgt_admin).await);
+
+    // By default, the target's setting stays where the role may not change it.
     let (addr, stop_tx, server) = start_daemon_with(cfg.clone()).await;
     wait_for(LIMIT, "the change stream to run", || async {
         get(addr, "/status").await.1["stage"] == "cdc"
     })
     .await;
+    assert_eq!(
+        get(addr, "/status").await.1["cdc"]["target_wal_compression"],
+        "off"
+    );
     run_each(
         &mover,
         &[
@@ -2321,6 +2352,40 @@ async fn least_privileged_roles_migrate_and_stream() {
     let cleaned = pgcutover::cleanup::run(&cfg).await;
     assert!(cleaned.failed.is_empty(), "{:?}", cleaned.failed);
     assert_eq!(slot_count(&src_admin).await, 0);
+
+    // Each choice of replication.target_wal_compression on a session of this role, before and
+    // after it may set wal_compression.
+    use pgcutover::pg::wal_compression::{WalCompression, set_up};
+    let want = |s: &str| s.parse::<WalCompression>().unwrap();
+    let lander = cfg.target.connect("test").await.unwrap();
+    assert_eq!(set_up(&lander, &want("auto")).await.unwrap(), "off");
+    assert_eq!(set_up(&lander, &want("server")).await.unwrap(), "off");
+    let err = set_up(&lander, &want("pglz"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("wal_compression = pglz") && err.contains("GRANT SET ON PARAMETER"),
+        "{err}"
+    );
+    tgt_admin
+        .batch_execute("GRANT SET ON PARAMETER wal_compression TO lander")
+        .await
+        .unwrap();
+    let lander = cfg.target.connect("test").await.unwrap();
+    assert_eq!(set_up(&lander, &want("pglz")).await.unwrap(), "pglz");
+    // Auto keeps a compression the session already has.
+    assert_eq!(set_up(&lander, &want("auto")).await.unwrap(), "pglz");
+    let lz4 = lander
+        .batch_execute("BEGIN; SET LOCAL wal_compression = lz4; ROLLBACK")
+        .await
+        .is_ok();
+    let lander = cfg.target.connect("test").await.unwrap();
+    assert_eq!(
+        set_up(&lander, &want("auto")).await.unwrap(),
+        if lz4 { "lz4" } else { "off" }
+    );
+    assert_eq!(set_up(&lander, &want("off")).await.unwrap(), "off");
 }
 
 /// The scans counted on the target for `table`: (sequential, index).

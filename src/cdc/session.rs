@@ -32,6 +32,7 @@ use super::{BATCH_AGE, BATCH_CHANGES, BATCH_LINGER, CdcError, Control, EAGER_CHA
 use crate::config::Config;
 use crate::load::LoadOutcome;
 use crate::pg::conn::ConnInfo;
+use crate::pg::wal_compression;
 use crate::pg::{Lsn, TableName};
 use crate::status::StatusBoard;
 
@@ -149,9 +150,14 @@ impl<'a> Session<'a> {
             .map(|(t, l)| (t.clone(), l.snapshot_lsn))
             .collect();
         let mut targets = Vec::with_capacity(cfg.replication.apply_sessions);
+        let mut wal_compression = String::new();
         for _ in 0..cfg.replication.apply_sessions {
-            targets.push(cfg.target.connect("pgcutover-apply").await?);
+            let client = cfg.target.connect("pgcutover-apply").await?;
+            wal_compression =
+                wal_compression::set_up(&client, &cfg.replication.target_wal_compression).await?;
+            targets.push(client);
         }
+        status.cdc_wal_compression(&wal_compression);
         let applier = Applier::new(targets, id, Some(cfg.target.clone())).await?;
         if !stale.is_empty() {
             stall::end_stale(applier.client(), stale).await;
@@ -164,7 +170,8 @@ impl<'a> Session<'a> {
         let wakeup = silence::wakeup(receive_timeout);
         let stream =
             Stream::open(&cfg.source, &slot, &publication, start, wakeup, READ_AHEAD).await?;
-        tracing::info!(%slot, from = %start, "change stream started");
+        tracing::info!(%slot, from = %start, target_wal_compression = %wal_compression,
+            "change stream started");
         status.cdc_running(start);
         Ok(Session {
             status,

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::pg::conn::ConnInfo;
 use crate::pg::name::TablePattern;
+use crate::pg::wal_compression::{self, WalCompression};
 use crate::secret::Secret;
 
 mod reader;
@@ -40,6 +41,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("replication", "split_tables_larger_than"),
     ("replication", "pg_bin_dir"),
     ("replication", "receive_timeout"),
+    ("replication", "target_wal_compression"),
     ("cutover", "max_lag"),
     ("cutover", "max_freeze"),
     ("cutover", "app_roles"),
@@ -103,6 +105,9 @@ pub struct Replication {
     /// apply session may wait for the target's answer before the target is asked about it
     /// (see [`crate::cdc::stall`]).
     pub receive_timeout: Duration,
+    /// What the apply sessions ask of the target's `wal_compression` (see
+    /// [`crate::pg::wal_compression`]).
+    pub target_wal_compression: WalCompression,
 }
 
 #[derive(Clone, Debug)]
@@ -319,6 +324,16 @@ impl Config {
                 DEFAULT_RECEIVE_TIMEOUT
             }
         };
+        let target_wal_compression = match r.string("replication", "target_wal_compression") {
+            None => WalCompression::default(),
+            Some(s) => s.parse().unwrap_or_else(|()| {
+                r.problems.push(format!(
+                    "replication.target_wal_compression must be {}, not {s:?}",
+                    wal_compression::CHOICES
+                ));
+                WalCompression::default()
+            }),
+        };
 
         let max_lag = r
             .duration("cutover", "max_lag")
@@ -393,6 +408,7 @@ impl Config {
                 split_tables_larger_than,
                 pg_bin_dir,
                 receive_timeout,
+                target_wal_compression,
             },
             cutover: Cutover {
                 max_lag,
@@ -444,6 +460,7 @@ mod tests {
         assert_eq!(c.replication.tables.len(), 1);
         assert_eq!(c.cutover.max_lag, Duration::from_secs(5));
         assert_eq!(c.replication.receive_timeout, Duration::from_secs(60));
+        assert_eq!(c.replication.target_wal_compression, WalCompression::Auto);
         assert_eq!(c.api.listen.to_string(), "127.0.0.1:8089");
         assert_eq!(c.state_dir, PathBuf::from("/etc/pgcutover/state"));
         assert!(c.source.password.is_none());
@@ -458,6 +475,7 @@ mod tests {
                 ("PGCUTOVER_SOURCE_PASSWORD", "pw-from-env"),
                 ("PGCUTOVER_REPLICATION_PARALLEL_WORKERS", "3"),
                 ("PGCUTOVER_REPLICATION_COPY_SCHEMA", "false"),
+                ("PGCUTOVER_REPLICATION_TARGET_WAL_COMPRESSION", "zstd"),
                 ("PGCUTOVER_REPLICATION_TABLES", "public.a, sales.*"),
                 ("PGCUTOVER_STATE_DIR", "/var/lib/pgcutover"),
                 ("PGCUTOVER_SOMETHING_ELSE", "ignored"),
@@ -468,6 +486,10 @@ mod tests {
         assert_eq!(c.source.password.unwrap().expose(), "pw-from-env");
         assert_eq!(c.replication.parallel_workers, 3);
         assert!(!c.replication.copy_schema);
+        assert_eq!(
+            c.replication.target_wal_compression,
+            WalCompression::Method(wal_compression::Method::Zstd)
+        );
         let pats: Vec<_> = c.replication.tables.iter().map(|p| p.as_str()).collect();
         assert_eq!(pats, ["public.a", "sales.*"]);
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/pgcutover"));
@@ -489,6 +511,7 @@ mod tests {
             copy_schema = "yes"
             split_tables_larger_than = "lots"
             receive_timeout = "500ms"
+            target_wal_compression = "fast"
             colour = "blue"
             [cutover]
             max_lag = "5 parsecs"
@@ -513,6 +536,7 @@ mod tests {
             "copy_schema must be true or false",
             "split_tables_larger_than",
             "receive_timeout must be at least 1s, not 500ms",
+            "target_wal_compression must be \"auto\", \"server\"",
             "unknown key replication.colour",
             "max_lag",
             "not a loopback address",
@@ -521,7 +545,7 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
         }
-        assert!(err.problems.len() >= 14, "{text}");
+        assert!(err.problems.len() >= 15, "{text}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod name;
 pub mod slot;
 pub mod tls;
 pub mod tools;
+pub mod wal_compression;
 pub mod wire;
 
 pub use lsn::Lsn;

@@ -157,6 +157,10 @@ pub struct CdcView {
     /// [`crate::cdc::apply::Applier::new`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub asynchronous_commits: Option<bool>,
+    /// The `wal_compression` the apply sessions write the target's WAL with (see
+    /// [`crate::pg::wal_compression`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_wal_compression: Option<String>,
     /// Heartbeat latency over the last heartbeats (up to 10 minutes).
     pub lag_p50_seconds: Option<f64>,
     pub lag_p99_seconds: Option<f64>,
@@ -461,6 +465,14 @@ impl StatusBoard {
         c.applied_lsn = c.applied_lsn.max(applied);
         c.processed_lsn = c.processed_lsn.max(applied);
         c.interrupted = None;
+    }
+
+    /// The apply sessions write the target's WAL with this `wal_compression`.
+    pub fn cdc_wal_compression(&self, setting: &str) {
+        let mut g = self.lock();
+        g.cdc
+            .get_or_insert_with(CdcView::default)
+            .target_wal_compression = Some(setting.to_string());
     }
 
     /// The stream broke for a passing reason and is retried.

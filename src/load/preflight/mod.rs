@@ -20,6 +20,7 @@ use super::progress::{self, MigrationRow, SchemaState};
 use super::schema::SchemaTools;
 use crate::config::Config;
 use crate::pg::catalog::{self, Column, Selection};
+use crate::pg::wal_compression::{self, WalCompression};
 use crate::pg::{SqlContext, SqlError, TableName, server_major};
 use server::{
     check_source_server, encoding, encoding_warning, in_recovery, shares_backend,
@@ -269,6 +270,18 @@ pub async fn check(cfg: &Config) -> Result<Facts, PreflightError> {
     }
 
     check_target_database(&tgt, &mut problems).await?;
+    if let WalCompression::Method(m) = cfg.replication.target_wal_compression
+        && !wal_compression::allowed(&tgt, m).await?
+    {
+        problems.push(problem(
+            format!(
+                "the target refuses wal_compression = {} (replication.target_wal_compression), \
+                 which the change stream's sessions would set",
+                m.as_str()
+            ),
+            wal_compression::HINT,
+        ));
+    }
     let schema_state = resume
         .as_ref()
         .map_or(SchemaState::None, |m| m.schema_state);
