@@ -16,7 +16,9 @@
 //! `wal_compression` is a superuser setting that a session may change for itself (or a role
 //! granted `SET ON PARAMETER wal_compression`, PostgreSQL 15 and later), and it only changes
 //! how this session's own page images are logged: nothing else on the target changes, and
-//! recovery and replicas read compressed images as well as plain ones.
+//! recovery and the target's standbys read compressed images as well as plain ones (a
+//! standby must be built with the same method, as standbys of one server normally are;
+//! `server` is the choice for a target whose standbys are not).
 //!
 //! ## The choices
 //!
