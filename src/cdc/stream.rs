@@ -66,24 +66,19 @@
 //! 4 500–27 000 segments (5.7–34 kB each) and took 0.86–0.89× the native worker's
 //! walsender's CPU, against 1.06–1.36× with the fixed nap (BENCHMARKS.md, session 27).
 //!
-//! The window also caps the stream: one window a nap, and a nap lasts 2–4 ms on a busy
-//! machine, some 20–40 MB/s, about what a fast machine's apply takes. A 256 kB window lifted
-//! the cap and the cores idled less, but the walsender then fell back into small segments
-//! the nap could no longer prevent (up to 412 000 of 366 bytes for a million changes) and
-//! the catch-ups were no faster; not kept (BENCHMARKS.md, session 29).
-//!
-//! **Draining a backed-up queue.** When the apply is fast the cap binds, and the walsender
-//! runs ahead: sampled every 10 ms during a catch-up, its socket's send queue held 2.4 MB
-//! in the median (`ss`), and there were stretches where it waited for room in that queue,
-//! the apply sessions waited for work and the reader napped, all at once (0.5–1.9 idle
-//! core-seconds in a 4.5 s catch-up). Such a queue shows in the reads: a read that finds
-//! half a window or more let the queue's next window in as it ran (over loopback the
-//! reopened window is refilled within the reader's own system call), so the reader reads
-//! again at once, without waiting, for as long as each read finds that much (`DRAIN_AFTER`,
-//! at most `DRAIN_READS` reads), and naps only after a read that finds less: the queue
-//! is then empty, and the nap lets the walsender fill the window as before. Single
-//! catch-ups on kept clusters: idle core-seconds median 1.27 → 0.28 (BENCHMARKS.md,
-//! session 32).
+//! The window also caps the stream: the reader takes at most one window a nap, and a nap
+//! lasts 2–4 ms on a busy machine, some 20–40 MB/s, about what a fast machine's apply takes.
+//! A 256 kB window lifted the cap and the cores idled less, but the walsender then fell back
+//! into small segments the nap could no longer prevent (up to 412 000 of 366 bytes for a
+//! million changes) and the catch-ups were no faster; not kept (BENCHMARKS.md, session 29).
+//! Reading on at once after a read that found half a window or more (the walsender's queue
+//! behind it), up to 15 reads before the nap, lifted the cap where the apply is fast (on a
+//! table with room for HOT updates the idle core-seconds of single catch-ups fell from a
+//! median of 0.73 to 0.23), but it empties the walsender's queue, and what it sends next
+//! crosses in segments of its own: in standard runs 74 000–152 000 segments of 1–2 kB
+//! instead of about 5 000 of 29 kB, the walsender's CPU up to 1.35× the native worker's,
+//! and bulk ratios of 1.23× and 1.09×, also when it read on only while the session had taken
+//! nearly all it was handed; not kept (BENCHMARKS.md, session 32).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -112,10 +107,6 @@ const NAP_START: Duration = Duration::from_millis(1);
 /// …within these bounds.
 const NAP_MIN: Duration = Duration::from_micros(250);
 const NAP_MAX: Duration = Duration::from_millis(4);
-/// A read in full flow that found at least this much is followed by another at once…
-const DRAIN_AFTER: usize = RECEIVE_WINDOW / 2;
-/// …up to this many times before the nap (a bound on what one wake-up reads).
-const DRAIN_READS: usize = 15;
 /// Segments that averaged fewer bytes than this since the last read were sent into an open
 /// window, one message or a few each (the walsender's queue had nothing for the reopened
 /// window); larger ones came out of its queue.
@@ -613,12 +604,6 @@ fn steer(nap: Duration, bytes: u64, segments: u32) -> Duration {
     }
 }
 
-/// Whether the reader reads again at once after a read of `n` bytes, `reads` reads into a
-/// drain: a read that found half a window or more shows the walsender's queue behind it.
-fn keep_draining(n: usize, reads: usize) -> bool {
-    n >= DRAIN_AFTER && reads < DRAIN_READS
-}
-
 /// What a look through the received bytes found.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Scan {
@@ -706,32 +691,13 @@ impl Reader {
                 _ = self.shared.raised.notified(), if !pending => {}
                 r = self.wire.fill() => {
                     let n = r?;
-                    if self.pacer.is_some() && n >= NAP_AFTER {
-                        self.drain(n)?;
-                        if let Some(pacer) = self.pacer.as_mut() {
-                            let nap = pacer.after_read(self.wire.received_so_far());
-                            tokio::time::sleep(nap).await;
-                        }
+                    if let Some(pacer) = self.pacer.as_mut().filter(|_| n >= NAP_AFTER) {
+                        let nap = pacer.after_read(self.wire.received_so_far());
+                        tokio::time::sleep(nap).await;
                     }
                 }
             }
         }
-    }
-
-    /// After a read of `n` bytes in full flow, read on at once (no waiting) while each read
-    /// finds at least [`DRAIN_AFTER`] bytes, up to [`DRAIN_READS`] more reads (see the
-    /// module's documentation, "Draining a backed-up queue").
-    fn drain(&mut self, mut n: usize) -> Result<(), WireError> {
-        use futures_util::FutureExt;
-        let mut reads = 0;
-        while keep_draining(n, reads) {
-            match self.wire.fill().now_or_never() {
-                Some(r) => n = r?,
-                None => break,
-            }
-            reads += 1;
-        }
-        Ok(())
     }
 
     /// Hand a chunk to the session once the read-ahead budget and the channel have room for
@@ -827,15 +793,6 @@ impl Reader {
 mod tests {
     use super::*;
     use bytes::{BufMut, BytesMut};
-
-    #[test]
-    fn reads_on_while_reads_find_half_a_window() {
-        assert!(keep_draining(RECEIVE_WINDOW, 0));
-        assert!(keep_draining(DRAIN_AFTER, DRAIN_READS - 1));
-        assert!(!keep_draining(DRAIN_AFTER - 1, 0));
-        assert!(!keep_draining(NAP_AFTER, 0));
-        assert!(!keep_draining(RECEIVE_WINDOW * 4, DRAIN_READS));
-    }
 
     #[test]
     fn the_nap_grows_while_the_stream_comes_in_small_segments_and_shrinks_in_large_ones() {
