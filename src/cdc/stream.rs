@@ -76,7 +76,7 @@
 //! table with room for HOT updates the idle core-seconds of single catch-ups fell from a
 //! median of 0.73 to 0.23), but it empties the walsender's queue, and what it sends next
 //! crosses in segments of its own: in standard runs 74 000–152 000 segments of 1–2 kB
-//! instead of about 5 000 of 29 kB, the walsender's CPU up to 1.35× the native worker's,
+//! instead of 5 000–21 000 of 7–29 kB, the walsender's CPU up to 1.35× the native worker's,
 //! and bulk ratios of 1.23× and 1.09×, also when it read on only while the session had taken
 //! nearly all it was handed; not kept (BENCHMARKS.md, session 32).
 
