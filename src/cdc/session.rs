@@ -18,9 +18,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
-use super::apply::{Applier, Committed};
+use super::apply::{Applier, Committed, Left};
 use super::decode::{self, Message};
 use super::heartbeat::{self, Drift};
 use super::hold::Hold;
@@ -221,7 +222,15 @@ impl<'a> Session<'a> {
                     break;
                 };
                 self.took_ready = true;
-                self.on_event(next?.ok_or(CdcError::Ended)?).await?;
+                match next?.ok_or(CdcError::Ended)? {
+                    // Nearly every event of a catch-up: no future unless the buffer is to
+                    // be sent.
+                    Event::Data(bytes) => match self.data_now(bytes)? {
+                        Later::Nothing => {}
+                        later => self.data_later(later).await?,
+                    },
+                    ev => self.on_event(ev).await?,
+                }
                 taken += 1;
             }
             if taken > 0 {
@@ -382,16 +391,8 @@ impl<'a> Session<'a> {
                 }
             }
             Event::Data(bytes) => {
-                let msg = decode::decode(bytes)?;
-                apply_message(
-                    &mut self.applier,
-                    &mut self.cache,
-                    &self.snapshots,
-                    self.cfg,
-                    msg,
-                    self.txn,
-                )
-                .await?;
+                let later = self.data_now(bytes)?;
+                self.data_later(later).await?;
             }
             Event::Message {
                 transactional: false,
@@ -429,6 +430,32 @@ impl<'a> Session<'a> {
             }
         }
         Ok(())
+    }
+
+    /// A pgoutput message: a row change joins the batch buffer here, without waiting on
+    /// anything; what is left (sending the buffer, any other message) is for
+    /// [`Session::data_later`].
+    fn data_now(&mut self, bytes: Bytes) -> Result<Later, CdcError> {
+        let msg = decode::decode(bytes)?;
+        row_now(&mut self.applier, &self.cache, msg, self.txn)
+    }
+
+    async fn data_later(&mut self, later: Later) -> Result<(), CdcError> {
+        match later {
+            Later::Nothing => Ok(()),
+            Later::Finish(left) => Ok(self.applier.finish(left).await?),
+            Later::Message(msg) => {
+                apply_message(
+                    &mut self.applier,
+                    &mut self.cache,
+                    &self.snapshots,
+                    self.cfg,
+                    msg,
+                    self.txn,
+                )
+                .await
+            }
+        }
     }
 
     /// Our heartbeat came back through the stream at `lsn`, stamped `sent`: it is timed when
@@ -657,22 +684,9 @@ async fn apply_message(
             namespace,
             name,
         } => cache.note_type(oid, namespace, name),
-        Message::Insert { relid, new } => {
-            let rel = cache.get(relid)?.clone();
-            if wanted(rel.skip_before) {
-                applier.insert(&rel, new).await?;
-            }
-        }
-        Message::Update { relid, old, new } => {
-            let rel = cache.get(relid)?.clone();
-            if wanted(rel.skip_before) {
-                applier.update(&rel, old, new).await?;
-            }
-        }
-        Message::Delete { relid, old } => {
-            let rel = cache.get(relid)?.clone();
-            if wanted(rel.skip_before) {
-                applier.delete(&rel, old).await?;
+        Message::Insert { .. } | Message::Update { .. } | Message::Delete { .. } => {
+            if let Later::Finish(left) = row_now(applier, cache, msg, txn)? {
+                applier.finish(left).await?;
             }
         }
         Message::Truncate {
@@ -695,6 +709,56 @@ async fn apply_message(
         | Message::Message { .. } => {}
     }
     Ok(())
+}
+
+/// What a decoded message left to wait on.
+enum Later {
+    Nothing,
+    /// A row change went into the batch buffer, which now has to be sent (see [`Left`]).
+    Finish(Left),
+    /// Not a row change: [`apply_message`] handles it.
+    Message(Message),
+}
+
+/// A row change (insert, update, delete) into the batch buffer, without waiting on anything
+/// (see [`Applier::insert_now`]); other messages are handed back.
+fn row_now(
+    applier: &mut Applier,
+    cache: &RelationCache,
+    msg: Message,
+    txn: Option<(Lsn, bool)>,
+) -> Result<Later, CdcError> {
+    // A change outside a transaction would have no commit position to judge it by; one
+    // committed before its table's copy was taken is in that copy.
+    let wanted = |skip_before: Lsn| matches!(txn, Some((lsn, false)) if lsn >= skip_before);
+    let left = match msg {
+        Message::Insert { relid, new } => {
+            let rel = cache.get(relid)?;
+            if !wanted(rel.skip_before) {
+                return Ok(Later::Nothing);
+            }
+            applier.insert_now(rel, new)?
+        }
+        Message::Update { relid, old, new } => {
+            let rel = cache.get(relid)?;
+            if !wanted(rel.skip_before) {
+                return Ok(Later::Nothing);
+            }
+            applier.update_now(rel, old, new)?
+        }
+        Message::Delete { relid, old } => {
+            let rel = cache.get(relid)?;
+            if !wanted(rel.skip_before) {
+                return Ok(Later::Nothing);
+            }
+            applier.delete_now(rel, old)?
+        }
+        other => return Ok(Later::Message(other)),
+    };
+    Ok(match left {
+        Left::Nothing => Later::Nothing,
+        left => Later::Finish(left),
+    })
 }
 
 /// Whether a batch open when the walsender says it is at the end of the source's WAL commits

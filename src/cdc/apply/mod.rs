@@ -100,7 +100,7 @@ use std::task::Context;
 
 use tokio_postgres::Client;
 
-use super::coalesce::{Buffer, Writeset};
+use super::coalesce::{Buffer, Change, Writeset};
 use super::decode::{OldKind, Tuple};
 use super::relation::RelInfo;
 use super::stall::{LaneWatch, WaitGuard};
@@ -169,6 +169,18 @@ fn bad_value(rel: &RelInfo, what: &str) -> ApplyError {
         message: what.into(),
         source: None,
     }
+}
+
+/// What [`Applier::insert_now`], [`Applier::update_now`] or [`Applier::delete_now`] left for
+/// [`Applier::finish`].
+#[must_use]
+pub enum Left {
+    Nothing,
+    /// The buffer is full: send it.
+    Flush,
+    /// The buffer must be sent before this change joins it (a table whose changes keep
+    /// their place among other tables').
+    Buffer(Arc<RelInfo>, Change),
 }
 
 /// Totals of one committed batch.
@@ -335,8 +347,8 @@ impl Applier {
     }
 
     pub async fn insert(&mut self, rel: &Arc<RelInfo>, new: Tuple) -> Result<(), ApplyError> {
-        let change = change::insert(rel, new)?;
-        self.buffer_change(rel, change).await
+        let left = self.insert_now(rel, new)?;
+        self.finish(left).await
     }
 
     pub async fn update(
@@ -345,10 +357,8 @@ impl Applier {
         old: Option<(OldKind, Tuple)>,
         new: Tuple,
     ) -> Result<(), ApplyError> {
-        match change::update(rel, old, new)? {
-            Some(change) => self.buffer_change(rel, change).await,
-            None => Ok(()),
-        }
+        let left = self.update_now(rel, old, new)?;
+        self.finish(left).await
     }
 
     pub async fn delete(
@@ -356,8 +366,65 @@ impl Applier {
         rel: &Arc<RelInfo>,
         old: (OldKind, Tuple),
     ) -> Result<(), ApplyError> {
+        let left = self.delete_now(rel, old)?;
+        self.finish(left).await
+    }
+
+    /// The synchronous half of [`Applier::insert`]: the change is taken into the batch
+    /// buffer unless the buffer must be sent first; what is [`Left`] to do goes to
+    /// [`Applier::finish`]. The apply loop calls these halves so that a change which only
+    /// joins the buffer (nearly all of them) costs no future of its own.
+    pub fn insert_now(&mut self, rel: &Arc<RelInfo>, new: Tuple) -> Result<Left, ApplyError> {
+        let change = change::insert(rel, new)?;
+        Ok(self.take_now(rel, change))
+    }
+
+    /// The synchronous half of [`Applier::update`] (see [`Applier::insert_now`]).
+    pub fn update_now(
+        &mut self,
+        rel: &Arc<RelInfo>,
+        old: Option<(OldKind, Tuple)>,
+        new: Tuple,
+    ) -> Result<Left, ApplyError> {
+        Ok(match change::update(rel, old, new)? {
+            Some(change) => self.take_now(rel, change),
+            None => Left::Nothing,
+        })
+    }
+
+    /// The synchronous half of [`Applier::delete`] (see [`Applier::insert_now`]).
+    pub fn delete_now(
+        &mut self,
+        rel: &Arc<RelInfo>,
+        old: (OldKind, Tuple),
+    ) -> Result<Left, ApplyError> {
         let change = change::delete(rel, old.1)?;
-        self.buffer_change(rel, change).await
+        Ok(self.take_now(rel, change))
+    }
+
+    /// Take a change into the batch buffer when nothing has to be sent first (what
+    /// [`Applier::buffer_change`] does, but for the sending).
+    fn take_now(&mut self, rel: &Arc<RelInfo>, change: Change) -> Left {
+        if self.buffer.must_flush_before(rel) {
+            return Left::Buffer(rel.clone(), change);
+        }
+        self.batch.changes += 1;
+        self.buffer.push(rel, change);
+        if self.buffer.full() {
+            Left::Flush
+        } else {
+            Left::Nothing
+        }
+    }
+
+    /// What a synchronous half left to do: send the full buffer, or send it and then take
+    /// the change in.
+    pub async fn finish(&mut self, left: Left) -> Result<(), ApplyError> {
+        match left {
+            Left::Nothing => Ok(()),
+            Left::Flush => self.flush_buffer().await,
+            Left::Buffer(rel, change) => self.buffer_change(&rel, change).await,
+        }
     }
 
     /// TRUNCATE the given tables, with the options the source used.

@@ -133,13 +133,14 @@ impl Applier {
         }
         self.enter_lane(&part).await?;
         self.writes.extend(part);
-        for (rel, changes) in tables {
+        for (rel, mut changes) in tables {
             let mut left = changes.len();
-            for (change, keys) in changes {
+            for (change, keys) in changes.drain(..) {
                 let (kind, values, touched) = statement_of(change, keys);
                 self.add(&rel, kind, values, touched, left).await?;
                 left -= 1;
             }
+            self.buffer.recycle(changes);
         }
         self.flush_run().await
     }
@@ -191,11 +192,14 @@ impl Applier {
             0 => run.first = values,
             1 => {
                 let size = run.limit.min(left + 1);
+                let first = std::mem::take(&mut run.first);
                 run.columns = wires(&run.rel, &run.kind, values.len())
                     .into_iter()
-                    .map(|wire| ArrayParam::new(wire, size))
+                    .enumerate()
+                    .map(|(i, wire)| {
+                        ArrayParam::new(wire, size, first.get(i).and_then(|v| v.as_deref()))
+                    })
                     .collect();
-                let first = std::mem::take(&mut run.first);
                 encode_row(run, first)?;
                 encode_row(run, values)?;
             }

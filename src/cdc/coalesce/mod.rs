@@ -160,7 +160,7 @@ impl Change {
 /// The changes of one table (one shape of it) in a batch.
 struct TableBuf {
     rel: Arc<RelInfo>,
-    entries: Vec<(Change, RowKeys)>,
+    entries: Entries,
     /// Rows whose latest entry is an insert or a plain update, by [`key_hash`] → that entry
     /// (which is checked to have the key: hashes may collide).
     latest: Latest,
@@ -242,7 +242,13 @@ fn overwrite(
 }
 
 /// A table's buffered changes, in order, each with its [`RowKeys`].
-pub type TableChanges = (Arc<RelInfo>, Vec<(Change, RowKeys)>);
+pub type TableChanges = (Arc<RelInfo>, Entries);
+
+/// Changes, each with its [`RowKeys`].
+pub type Entries = Vec<(Change, RowKeys)>;
+
+/// The longest list of changes kept for reuse (a batch's worth, under 2 MB).
+const SPARE_ENTRIES_MAX: usize = 8192;
 
 /// Which rows of a table may take a merge: see [`TableBuf::latest`].
 type Latest = HashMap<u64, usize, BuildHasherDefault<Prehashed>>;
@@ -256,6 +262,10 @@ pub struct Buffer {
     /// Maps of earlier batches' tables, emptied, with the room they grew to: the next
     /// batches take them rather than grow new ones from nothing, change by change.
     spare: Vec<Latest>,
+    /// The same for the tables' lists of changes, handed back by the apply once sent
+    /// ([`Buffer::recycle`]): growing a list of a few thousand changes of some 200 bytes
+    /// each, batch after batch, took 3 % of the daemon's instructions in a bulk catch-up.
+    spare_entries: Vec<Entries>,
     /// Changes received (merged ones included) and bytes held.
     changes: usize,
     bytes: usize,
@@ -285,7 +295,7 @@ impl Buffer {
             .or_insert_with(|| {
                 self.tables.push(TableBuf {
                     rel: rel.clone(),
-                    entries: Vec::new(),
+                    entries: self.spare_entries.pop().unwrap_or_default(),
                     latest: self.spare.pop().unwrap_or_default(),
                     mergeable: !rel.full_identity()
                         && !rel.key.is_empty()
@@ -320,13 +330,24 @@ impl Buffer {
 
     pub fn clear(&mut self) {
         let spare = std::mem::take(&mut self.spare);
+        let spare_entries = std::mem::take(&mut self.spare_entries);
         let tables = std::mem::take(&mut self.tables);
         *self = Buffer {
             spare,
+            spare_entries,
             ..Buffer::default()
         };
         for t in tables {
             self.keep_spare(t.latest);
+        }
+    }
+
+    /// Take back a list of changes [`Buffer::take`] gave out, once its changes are sent, for
+    /// a later table; a few, of bounded size.
+    pub fn recycle(&mut self, mut entries: Entries) {
+        if self.spare_entries.len() < 8 && entries.capacity() <= SPARE_ENTRIES_MAX {
+            entries.clear();
+            self.spare_entries.push(entries);
         }
     }
 

@@ -120,6 +120,26 @@ fn nothing_merges_across_a_delete_or_a_key_change() {
 }
 
 #[test]
+fn a_recycled_list_of_changes_comes_back_empty_and_is_reused() {
+    let t = rel(1, false, false);
+    let mut buf = Buffer::default();
+    buf.push(&t, upd("1", Some("x"), Some("y")));
+    buf.push(&t, upd("2", Some("p"), Some("q")));
+    let (_, entries) = buf.take().pop().unwrap();
+    let room = entries.as_ptr();
+    buf.recycle(entries);
+    buf.push(&t, upd("3", Some("r"), Some("s")));
+    let (_, entries) = buf.take().pop().unwrap();
+    // The same allocation, holding only what came after it was recycled.
+    assert_eq!(entries.as_ptr(), room);
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].0, upd("3", Some("r"), Some("s")));
+    // A list too long to keep is let go of.
+    buf.recycle(Vec::with_capacity(SPARE_ENTRIES_MAX + 1));
+    assert!(buf.spare_entries.is_empty());
+}
+
+#[test]
 fn tables_are_grouped_in_order_of_first_appearance() {
     let (a, b) = (rel(1, false, false), rel(2, false, false));
     let mut buf = Buffer::default();
